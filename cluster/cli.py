@@ -1,0 +1,333 @@
+"""The `llmrec` command line.
+
+Each subcommand prints a human-readable result and, where it has one, writes
+JSON for programs (`--json FILE`). Long jobs show progress bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from cluster import local  # noqa: E402
+from deployments.config import AppConfig, resolve_path  # noqa: E402
+
+console = Console()
+
+DEMO_DATA = "data/demo"
+DEMO_QUERY = "a slow-burn space drama about astronauts far from home"
+
+
+def _app_config(config_path: Path, data_dir: str | None = None) -> AppConfig:
+    _, cfg = local.render_serve_config(config_path, data_dir=Path(data_dir) if data_dir else None)
+    return cfg
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from retrieval.models import prepare_models
+
+    cfg = _app_config(args.config)
+    models_dir = resolve_path(args.models_dir or cfg.models_dir)
+    paths = prepare_models(models_dir)
+    for name, path in paths.items():
+        console.print(f"[bold]{name}[/]: {path}")
+    _write_json(args.json, paths)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from retrieval import catalog, demo_data
+
+    out = Path(args.out)
+    if args.format == "movielens":
+        report = catalog.ingest_movielens(
+            Path(args.source), out, min_rating=args.min_rating, drop_unknown=args.drop_unknown
+        )
+    elif args.format == "demo":
+        report = demo_data.make_demo_dataset(
+            out, n_items=args.items, n_users=args.users, seed=args.seed
+        )
+    else:
+        report = catalog.ingest_table(
+            Path(args.source),
+            out,
+            interactions=Path(args.interactions) if args.interactions else None,
+            fmt=args.format,
+            id_col=args.id_col,
+            title_col=args.title_col,
+            text_col=args.text_col,
+            category_col=args.category_col,
+            category_sep=args.category_sep,
+            user_col=args.user_col,
+            ts_col=args.ts_col,
+            drop_unknown=args.drop_unknown,
+        )
+    console.print(
+        f"wrote {report.catalog_path} ({report.items} items) and "
+        f"{report.interactions_path} ({report.interactions} interactions, {report.users} users"
+        f"{f', {report.dropped} dropped' if report.dropped else ''})"
+    )
+    return 0
+
+
+def build(data_dir: Path, shards: int, cfg: AppConfig) -> None:
+    from retrieval.build import build_index
+    from retrieval.encoder import SentenceEncoder
+    from retrieval.models import resolve_encoder
+
+    enc = cfg.encoder
+    encoder = SentenceEncoder(
+        resolve_encoder(enc.model),
+        model_id=enc.model,
+        device=enc.device,
+        max_seq_length=enc.max_seq_length,
+        batch_size=enc.build_batch_size,
+    )
+    t = time.perf_counter()
+    manifest = build_index(data_dir, encoder, n_shards=shards, batch_size=enc.build_batch_size)
+    console.print(
+        f"built {manifest.n_shards} shards, {manifest.items} items, dim {manifest.dim}, "
+        f"in {time.perf_counter() - t:.1f}s → {data_dir / 'index'}"
+    )
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    cfg = _app_config(args.config, args.data)
+    build(cfg.data_path, args.shards, cfg)
+    return 0
+
+
+def ensure_demo(cfg: AppConfig, shards: int = 4) -> None:
+    """Models, demo data and index, each made only when missing."""
+    from retrieval.demo_data import make_demo_dataset
+
+    from retrieval.models import prepare_models
+
+    prepare_models(resolve_path(cfg.models_dir))
+    if not (cfg.data_path / "catalog.parquet").exists():
+        report = make_demo_dataset(cfg.data_path)
+        console.print(f"demo data: {report.items} items, {report.users} users → {cfg.data_path}")
+    if not (cfg.index_path / "manifest.json").exists():
+        build(cfg.data_path, shards, cfg)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    data = args.data or (DEMO_DATA if args.demo else None)
+    cfg = _app_config(args.config, data)
+    if args.demo:
+        ensure_demo(cfg)
+    url = _up(args.config, cfg, args.address)
+    console.print(f'[green]ready[/] at {url}  (try `llmrec query --text "..."`)')
+    return 0
+
+
+def _up(config: Path, cfg: AppConfig, address: str | None = None) -> str:
+    with console.status("deploying; waiting for /v1/health …") as status:
+
+        def on_wait(code: int, body: dict) -> None:
+            checks = body.get("checks") or {}
+            pending = [k for k, v in checks.items() if v != "ok"]
+            status.update(
+                f"waiting for /v1/health ({code or 'no answer'}"
+                f"{'; pending: ' + ', '.join(pending) if pending else ''})"
+            )
+
+        return local.up(config, data_dir=cfg.data_path, address=address, on_wait=on_wait)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    local.down()
+    console.print("stopped")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    code, body = local.health(args.url)
+    if code == 0:
+        console.print(f"nothing answers at {args.url}")
+        return 1
+    console.print(f"{args.url}: {body.get('status')} ({code})")
+    for name, state in (body.get("checks") or {}).items():
+        console.print(f"  {name}: {state}")
+    return 0 if code == 200 else 1
+
+
+def query(url: str, body: dict[str, Any], timeout: float = 120.0) -> tuple[int, dict]:
+    import httpx
+
+    r = httpx.post(f"{url}/v1/recommend", json=body, timeout=timeout)
+    return r.status_code, r.json()
+
+
+def print_answer(title: str, answer: dict[str, Any]) -> None:
+    table = Table(title=title, show_lines=bool(any(i.get("explanation") for i in answer["items"])))
+    for col in ("#", "item", "title", "score", "sources", "why"):
+        table.add_column(col, overflow="fold")
+    for n, item in enumerate(answer["items"], 1):
+        table.add_row(
+            str(n),
+            item["item_id"],
+            item["title"],
+            f"{item['score']:.3f}",
+            ",".join(item["sources"]),
+            item.get("explanation") or "",
+        )
+    console.print(table)
+    timings = "  ".join(f"{k}={v:.0f}ms" for k, v in answer["timings_ms"].items())
+    console.print(f"reranked={answer['reranked']}  degraded={answer['degraded'] or '-'}  {timings}")
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"k": args.k, "rerank": args.rerank, "explain": args.explain}
+    if args.user:
+        body["user_id"] = args.user
+    if args.history:
+        body["history"] = args.history
+    if args.text:
+        body["query"] = args.text
+    if args.category:
+        body["filters"] = {"category": args.category}
+    code, answer = query(args.url, body)
+    if code != 200:
+        console.print(f"[red]{code}[/] {json.dumps(answer)}")
+        return 1
+    print_answer("recommendations", answer)
+    _write_json(args.json, answer)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    cfg = _app_config(args.config, DEMO_DATA)
+    ensure_demo(cfg)
+    url = _up(args.config, cfg)
+    console.print(f"[green]ready[/] at {url} after {time.perf_counter() - started:.0f}s")
+    try:
+        for title, body in (
+            ("demo user 1 (history from the log)", {"user_id": "1"}),
+            (f"free text: {DEMO_QUERY!r}", {"query": DEMO_QUERY}),
+        ):
+            code, answer = query(url, {**body, "k": 10, "rerank": True, "explain": True})
+            if code != 200:
+                console.print(f"[red]{code}[/] {answer}")
+                return 1
+            print_answer(title, answer)
+        console.print(f"first answers {time.perf_counter() - started:.0f}s after start")
+    finally:
+        if not args.keep:
+            local.down()
+    return 0
+
+
+def _write_json(path: str | None, data: Any) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2, default=str))
+        console.print(f"wrote {path}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmrec", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=local.DEFAULT_CONFIG,
+        help="Serve config whose app args are the AppConfig (default: ray_config.yaml)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("demo", help="prepare models, make demo data, build, serve, query, stop")
+    s.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("models", help="prepare the offline models")
+    s.add_argument("action", choices=["prepare"])
+    s.add_argument("--models-dir", help="cache folder (default: the config's models_dir)")
+    s.add_argument("--json", help="write the model paths as JSON here")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("ingest", help="normalise a catalog and interaction log to Parquet")
+    s.add_argument("format", choices=["parquet", "csv", "jsonl", "auto", "movielens", "demo"])
+    s.add_argument("source", nargs="?", help="catalog file, or the MovieLens folder")
+    s.add_argument("--out", required=True, help="dataset folder to write")
+    s.add_argument("--interactions", help="interaction log file (parquet/csv/jsonl)")
+    for flag, default in (
+        ("id-col", "item_id"),
+        ("title-col", "title"),
+        ("text-col", "text"),
+        ("category-col", "categories"),
+        ("category-sep", "|"),
+        ("user-col", "user_id"),
+        ("ts-col", "ts"),
+    ):
+        s.add_argument(f"--{flag}", default=default, help=f"(default: {default})")
+    s.add_argument("--min-rating", type=float, default=0.0, help="MovieLens: drop lower ratings")
+    s.add_argument(
+        "--drop-unknown",
+        action="store_true",
+        help="drop interactions with items missing from the catalog",
+    )
+    s.add_argument("--items", type=int, default=2000, help="demo: catalog size")
+    s.add_argument("--users", type=int, default=500, help="demo: users")
+    s.add_argument("--seed", type=int, default=0, help="demo: random seed")
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("build", help="encode the catalog and write FAISS shards")
+    s.add_argument("--data", required=True, help="dataset folder (from `llmrec ingest`)")
+    s.add_argument("--shards", type=int, default=4)
+    s.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("up", help="start or join Ray, deploy, wait until healthy")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--data", help="dataset folder with index/")
+    g.add_argument("--demo", action="store_true", help="make and serve the demo data")
+    s.add_argument("--address", help="dashboard address of an existing cluster")
+    s.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("down", help="shut Serve down and stop the local Ray head")
+    s.set_defaults(func=cmd_down)
+
+    s = sub.add_parser("status", help="health of the running service")
+    s.add_argument("--url", default="http://127.0.0.1:8000")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("query", help="ask the running service for recommendations")
+    s.add_argument("--url", default="http://127.0.0.1:8000")
+    s.add_argument("--user")
+    s.add_argument("--history", nargs="+")
+    s.add_argument("--text")
+    s.add_argument("--category", nargs="+", help="keep only these categories")
+    s.add_argument("--k", type=int, default=10)
+    s.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=True)
+    s.add_argument("--explain", action=argparse.BooleanOptionalAction, default=True)
+    s.add_argument("--json", help="write the answer as JSON here")
+    s.set_defaults(func=cmd_query)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "query" and not (args.user or args.history or args.text):
+        parser().error("query needs --user, --history or --text")
+    try:
+        return args.func(args)
+    except local.ClusterError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""`build_app(args)`: the Serve application from an `AppConfig` dict.
+
+`ray_config.yaml` points here (`import_path: deployments.app:build_app`). The
+graph: Router (HTTP ingress) → Encoder pool, one ShardRetriever deployment per
+shard in the index manifest, and the vLLM Reranker when enabled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from deployments.config import AppConfig, resolve_path
+from deployments.encoder.deployment import Encoder
+from deployments.reranker.deployment import Reranker
+from deployments.retriever.deployment import ShardRetriever
+from deployments.router.deployment import Router
+from retrieval.shards import load_manifest
+
+__all__ = ["build_app"]
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """Validate `args` as an AppConfig and bind the deployment graph."""
+    cfg = AppConfig.model_validate(args or {})
+    manifest = load_manifest(cfg.index_path)
+    enc = cfg.encoder
+    encoder = Encoder.options(
+        num_replicas=enc.num_replicas,
+        max_ongoing_requests=enc.max_ongoing_requests,
+        ray_actor_options={"num_cpus": enc.num_cpus, "num_gpus": enc.num_gpus},
+    ).bind(enc.model_dump())
+    shards = [
+        ShardRetriever.options(
+            name=f"ShardRetriever-{i}",
+            max_ongoing_requests=cfg.retriever.max_ongoing_requests,
+            ray_actor_options={"num_cpus": cfg.retriever.num_cpus},
+        ).bind(str(cfg.index_path), i, cfg.retriever.model_dump(), manifest.dim)
+        for i in range(manifest.n_shards)
+    ]
+    reranker = None
+    if cfg.reranker.enabled:
+        rr = cfg.reranker
+        reranker = Reranker.options(
+            num_replicas=rr.num_replicas,
+            max_ongoing_requests=rr.max_ongoing_requests,
+            # vLLM on CPU takes about a minute to load and answers probes slowly under load.
+            health_check_timeout_s=120,
+            ray_actor_options={
+                "num_cpus": rr.num_cpus,
+                "num_gpus": rr.num_gpus,
+                "runtime_env": {
+                    "env_vars": {
+                        "VLLM_CPU_KVCACHE_SPACE": str(rr.kv_cache_gib),
+                        "HF_HUB_OFFLINE": "1",
+                    }
+                },
+            },
+        ).bind(rr.model_dump(), str(resolve_path(cfg.models_dir)))
+    rt = cfg.router
+    return Router.options(
+        num_replicas=rt.num_replicas,
+        max_ongoing_requests=rt.max_ongoing_requests,
+        ray_actor_options={"num_cpus": rt.num_cpus},
+    ).bind(cfg.model_dump(), encoder, shards, reranker)

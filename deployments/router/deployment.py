@@ -1,0 +1,140 @@
+"""The Router Serve deployment: FastAPI ingress wiring HTTP routes to `RouterCore`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pyarrow.parquet as pq
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.exceptions import RayError
+from ray.serve.handle import DeploymentHandle
+
+from deployments.config import AppConfig
+from deployments.errors import BackendFailed, LlmrecError, NotFound
+from deployments.router.core import RouterCore
+from deployments.router.http import check_auth, error_response, parse_recommend, recommend_response
+from retrieval.build import load_cf
+from retrieval.profiles import histories_from_log
+from retrieval.shards import shard_of
+
+__all__ = ["Router", "api"]
+
+api = FastAPI(title="llmrec", version="1")
+
+HEALTH_TIMEOUT_S = 30.0
+
+
+class _Remote:
+    """Calls a deployment method; Ray failures surface as ConnectionError for the core."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    def __getattr__(self, method: str):
+        async def call(*args):
+            try:
+                return await getattr(self.handle, method).remote(*args)
+            except RayError as exc:
+                raise ConnectionError(f"{self.handle.deployment_name}.{method}: {exc}") from exc
+
+        return call
+
+
+@serve.deployment
+@serve.ingress(api)
+class Router:
+    def __init__(
+        self,
+        config: dict,
+        encoder: DeploymentHandle,
+        shards: list[DeploymentHandle],
+        reranker: DeploymentHandle | None = None,
+    ) -> None:
+        self.config = AppConfig.model_validate(config)
+        self.encoder = _Remote(encoder)
+        self.shards = [_Remote(s) for s in shards]
+        self.reranker = _Remote(reranker) if reranker is not None else None
+        self.histories = _load_histories(self.config)
+        self.core = RouterCore(
+            self.config,
+            encode=self._encode,
+            shards=self.shards,
+            reranker=self.reranker,
+            cf=load_cf(self.config.index_path),
+            histories=self.histories,
+        )
+
+    async def _encode(self, text: str) -> np.ndarray:
+        try:
+            return await self.encoder.encode(text)
+        except ConnectionError as exc:
+            raise BackendFailed(f"encoder failed: {exc}") from exc
+
+    @api.post("/v1/recommend")
+    async def recommend(self, request: Request) -> Response:
+        try:
+            check_auth(request.headers, self.config.router.api_keys)
+            req = parse_recommend(await request.body(), self.config.router.max_body_bytes)
+            return recommend_response(await self.core.recommend(req))
+        except LlmrecError as exc:
+            return error_response(exc)
+
+    @api.get("/v1/items/{item_id}")
+    async def get_item(self, item_id: str, request: Request) -> Response:
+        try:
+            check_auth(request.headers, self.config.router.api_keys)
+            shard = self.shards[shard_of(item_id, len(self.shards))]
+            found = await shard.lookup([item_id])
+            if item_id not in found:
+                raise NotFound(f"unknown item {item_id!r}", field="item_id")
+            hit, _ = found[item_id]
+            return JSONResponse(
+                {
+                    "item_id": hit.item_id,
+                    "title": hit.title,
+                    "text": hit.text,
+                    "categories": hit.categories,
+                }
+            )
+        except ConnectionError as exc:
+            return error_response(BackendFailed(str(exc)))
+        except LlmrecError as exc:
+            return error_response(exc)
+
+    @api.get("/v1/health")
+    async def health(self) -> Response:
+        """Ready only when every deployment answers its real probe."""
+        probes = {"encoder": self.encoder.check_health()}
+        probes.update({f"shard-{i}": s.check_health() for i, s in enumerate(self.shards)})
+        if self.reranker is not None:
+            probes["reranker"] = self.reranker.check_health()
+        results = await asyncio.gather(
+            *(asyncio.wait_for(p, HEALTH_TIMEOUT_S) for p in probes.values()),
+            return_exceptions=True,
+        )
+        checks = {
+            name: "ok" if not isinstance(r, BaseException) else f"failed: {type(r).__name__}"
+            for name, r in zip(probes, results, strict=True)
+        }
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "unavailable", "checks": checks},
+            status_code=200 if ready else 503,
+            headers={} if ready else {"Retry-After": "5"},
+        )
+
+    def check_health(self) -> None:
+        """Serve's liveness probe of the router itself (the deep probe is /v1/health)."""
+
+
+def _load_histories(config: AppConfig) -> dict[str, list[str]]:
+    path = config.data_path / "interactions.parquet"
+    if not path.exists():
+        return {}
+    log = pq.read_table(path, columns=["user_id", "item_id", "ts"])
+    return histories_from_log(
+        log["user_id"].to_pylist(), log["item_id"].to_pylist(), log["ts"].to_pylist()
+    )

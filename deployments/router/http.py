@@ -1,0 +1,73 @@
+"""HTTP edge of the router: parse and validate bodies, map errors to status codes.
+
+Plain functions over bytes and headers, so the API's behaviour is tested
+without a cluster; the Serve deployment only wires them to routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from deployments.errors import InvalidInput, LlmrecError, PayloadTooLarge, Unauthorized
+from deployments.router.schemas import RecommendRequest, RecommendResponse
+
+__all__ = [
+    "check_auth",
+    "error_response",
+    "parse_recommend",
+    "recommend_response",
+    "server_timing",
+]
+
+
+def check_auth(headers: Mapping[str, str], api_keys: list[str]) -> None:
+    """Raise Unauthorized unless keys are off or `Authorization: Bearer <key>` names one."""
+    if not api_keys:
+        return
+    auth = headers.get("authorization", "")
+    scheme, _, key = auth.partition(" ")
+    if scheme.lower() != "bearer" or key.strip() not in api_keys:
+        raise Unauthorized("missing or invalid API key (Authorization: Bearer <key>)")
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "body"
+
+
+def parse_recommend(body: bytes, max_bytes: int) -> RecommendRequest:
+    """Validate a recommend body; raises PayloadTooLarge or InvalidInput naming the field."""
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(f"body is {len(body)} bytes, limit {max_bytes}")
+    try:
+        return RecommendRequest.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = "; ".join(
+            f"{_field_path(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise InvalidInput(message, field=_field_path(first["loc"])) from exc
+
+
+def server_timing(timings: Mapping[str, float]) -> str:
+    """The `Server-Timing` header value for per-stage times in milliseconds."""
+    return ", ".join(f"{stage};dur={ms}" for stage, ms in timings.items())
+
+
+def recommend_response(answer: RecommendResponse) -> JSONResponse:
+    return JSONResponse(
+        answer.model_dump(),
+        headers={
+            "Server-Timing": server_timing(answer.timings_ms),
+            "X-Request-Id": answer.request_id,
+        },
+    )
+
+
+def error_response(exc: LlmrecError) -> JSONResponse:
+    headers = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)

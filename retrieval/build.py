@@ -1,0 +1,70 @@
+"""`llmrec build`: encode a catalog and write its FAISS shards and collaborative model."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from retrieval.collab import ItemKNN
+from retrieval.encoder import Encoder
+from retrieval.shards import Manifest, build_shards
+
+__all__ = ["CF_NAME", "build_index", "item_texts", "load_cf"]
+
+log = logging.getLogger(__name__)
+
+CF_NAME = "cf.npz"
+
+
+def item_texts(titles: list[str], texts: list[str]) -> list[str]:
+    """What the encoder sees for an item: its title, then its text unless that repeats it."""
+    return [
+        t if (x or "").startswith(t) else f"{t}. {x}" for t, x in zip(titles, texts, strict=True)
+    ]
+
+
+def build_index(
+    data_dir: Path,
+    encoder: Encoder,
+    *,
+    n_shards: int = 4,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> Manifest:
+    """Encode `data_dir/catalog.parquet` in batches and write `data_dir/index/`.
+
+    Writes the shards (atomically, see `build_shards`) and, when
+    `interactions.parquet` exists, the item-item model `index/cf.npz`.
+    """
+    data_dir = Path(data_dir)
+    catalog = pq.read_table(data_dir / "catalog.parquet")
+    texts = item_texts(catalog["title"].to_pylist(), catalog["text"].to_pylist())
+    chunks = []
+    with tqdm(total=len(texts), desc="encoding catalog", unit="item", disable=not progress) as bar:
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            chunks.append(encoder.encode(batch))
+            bar.update(len(batch))
+    vectors = np.concatenate(chunks) if chunks else np.zeros((0, encoder.dim), np.float32)
+    manifest = build_shards(
+        catalog, vectors, data_dir / "index", n_shards=n_shards, encoder_id=encoder.model_id
+    )
+    interactions_path = data_dir / "interactions.parquet"
+    if interactions_path.exists():
+        interactions = pq.read_table(interactions_path, columns=["user_id", "item_id"])
+        cf = ItemKNN.fit(interactions, catalog["item_id"].to_pylist())
+        tmp = data_dir / "index" / f".{CF_NAME}.tmp.npz"
+        cf.save(tmp)
+        os.replace(tmp, data_dir / "index" / CF_NAME)
+    return manifest
+
+
+def load_cf(index_dir: Path) -> ItemKNN | None:
+    """The collaborative model beside the shards, or None when the build had no interactions."""
+    path = Path(index_dir) / CF_NAME
+    return ItemKNN.load(path) if path.exists() else None

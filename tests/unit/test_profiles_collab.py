@@ -1,0 +1,70 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from retrieval.collab import ItemKNN
+from retrieval.profiles import blend_query, histories_from_log, recency_weights, user_profile
+
+
+def test_recency_weights_halve_every_half_life():
+    np.testing.assert_allclose(recency_weights(3, 1.0), [0.25, 0.5, 1.0])
+    np.testing.assert_allclose(recency_weights(5, 2.0)[[0, 2, 4]], [0.25, 0.5, 1.0])
+
+
+def test_profile_leans_to_recent_items():
+    old, new = np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32)
+    p = user_profile(np.stack([old, new]), half_life=1.0)
+    # weights 0.5 and 1 → (0.5, 1) normalised
+    np.testing.assert_allclose(p, np.array([0.5, 1.0]) / np.sqrt(1.25), rtol=1e-6)
+    with pytest.raises(ValueError):
+        user_profile(np.zeros((0, 2), np.float32), 1.0)
+
+
+def test_blend_query_weights_and_normalises():
+    p, q = np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32)
+    np.testing.assert_allclose(blend_query(p, q, 0.5), [np.sqrt(0.5)] * 2, rtol=1e-6)
+    np.testing.assert_allclose(blend_query(None, q * 3, 0.5), q)
+    np.testing.assert_allclose(blend_query(p, None, 0.5), p)
+
+
+def test_histories_are_ordered_by_time():
+    h = histories_from_log(["u", "v", "u", "u"], ["b", "x", "a", "c"], [20, 5, 10, 30])
+    assert h == {"u": ["a", "b", "c"], "v": ["x"]}
+
+
+def _log(pairs):
+    users, items = zip(*pairs, strict=True)
+    return pa.table({"user_id": list(users), "item_id": list(items)})
+
+
+def test_item_knn_recommends_co_taken_items(tmp_path):
+    # users who took "a" also took "b"; "c" goes with "d"
+    log = _log(
+        [
+            ("1", "a"),
+            ("1", "b"),
+            ("2", "a"),
+            ("2", "b"),
+            ("3", "c"),
+            ("3", "d"),
+            ("4", "a"),
+            ("4", "b"),
+            ("4", "a"),
+        ]
+    )
+    knn = ItemKNN.fit(log, ["a", "b", "c", "d", "e"])
+    assert [i for i, _ in knn.recommend(["a"], 3)] == ["b"]
+    assert [i for i, _ in knn.recommend(["c"], 3)] == ["d"]
+    assert knn.recommend(["a"], 3, exclude=["b"]) == []
+    assert [i for i, _ in knn.most_popular(2)] == ["a", "b"]
+    assert [i for i, _ in knn.most_popular(2, exclude=["a"])] == ["b", "c"]
+    knn.save(tmp_path / "cf.npz")
+    again = ItemKNN.load(tmp_path / "cf.npz")
+    assert again.recommend(["a"], 3) == knn.recommend(["a"], 3)
+    assert again.item_ids == knn.item_ids
+
+
+def test_item_knn_keeps_top_n_neighbours():
+    pairs = [(str(u), "hub") for u in range(10)] + [(str(u), f"i{u}") for u in range(10)]
+    knn = ItemKNN.fit(_log(pairs), ["hub"] + [f"i{u}" for u in range(10)], top_n=3)
+    assert knn.neighbours[0].nnz == 3

@@ -13,7 +13,6 @@ from ray.serve import Application
 
 from deployments.config import AppConfig, resolve_path
 from deployments.encoder.deployment import Encoder
-from deployments.reranker.deployment import Reranker
 from deployments.retriever.deployment import ShardRetriever
 from deployments.router.deployment import Router
 from retrieval.shards import load_manifest
@@ -41,6 +40,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     ]
     reranker = None
     if cfg.reranker.enabled:
+        from deployments.reranker.deployment import Reranker  # imports vLLM: only when used
+
         rr = cfg.reranker
         reranker = Reranker.options(
             num_replicas=rr.num_replicas,

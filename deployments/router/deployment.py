@@ -43,6 +43,16 @@ class _Remote:
         return call
 
 
+def _load_histories(config: AppConfig) -> dict[str, list[str]]:
+    path = config.data_path / "interactions.parquet"
+    if not path.exists():
+        return {}
+    log = pq.read_table(path, columns=["user_id", "item_id", "ts"])
+    return histories_from_log(
+        log["user_id"].to_pylist(), log["item_id"].to_pylist(), log["ts"].to_pylist()
+    )
+
+
 @serve.deployment
 @serve.ingress(api)
 class Router:
@@ -129,12 +139,3 @@ class Router:
     def check_health(self) -> None:
         """Serve's liveness probe of the router itself (the deep probe is /v1/health)."""
 
-
-def _load_histories(config: AppConfig) -> dict[str, list[str]]:
-    path = config.data_path / "interactions.parquet"
-    if not path.exists():
-        return {}
-    log = pq.read_table(path, columns=["user_id", "item_id", "ts"])
-    return histories_from_log(
-        log["user_id"].to_pylist(), log["item_id"].to_pylist(), log["ts"].to_pylist()
-    )

@@ -1,0 +1,55 @@
+"""Shared fixtures: the real encoder, demo data with a built index, one Ray cluster.
+
+Ray starts once per session, only when an integration or e2e test asks for
+it, with `num_cpus=2`, and is shut down at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from retrieval.encoder import SentenceEncoder
+    from retrieval.models import resolve_encoder
+
+    return SentenceEncoder(resolve_encoder("all-MiniLM-L6-v2"), model_id="all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory, minilm) -> Path:
+    """The demo dataset (2,000 items, 500 users) with a 4-shard index built by the real encoder."""
+    from retrieval.build import build_index
+    from retrieval.demo_data import make_demo_dataset
+
+    path = tmp_path_factory.mktemp("demo")
+    make_demo_dataset(path)
+    build_index(path, minilm, n_shards=4, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+    from ray import serve
+
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()

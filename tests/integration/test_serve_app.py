@@ -1,0 +1,124 @@
+"""The app on real Ray Serve: real MiniLM encoder pool, real FAISS shard deployments."""
+
+from __future__ import annotations
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+from ray import serve
+
+from deployments.app import build_app
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster, demo_dir):
+    args = {"data_dir": str(demo_dir), "reranker": {"enabled": False}}
+    serve.run(build_app(args), name="llmrec", route_prefix="/")
+    with httpx.Client(base_url=ray_cluster, timeout=60) as client:
+        yield client
+    serve.delete("llmrec")
+
+
+@pytest.fixture(scope="module")
+def catalog(demo_dir):
+    table = pq.read_table(demo_dir / "catalog.parquet")
+    return {
+        i: c
+        for i, c in zip(table["item_id"].to_pylist(), table["categories"].to_pylist(), strict=True)
+    }
+
+
+def recommend(client, **body):
+    r = client.post("/v1/recommend", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_health_is_ready_with_every_deployment(service):
+    r = service.get("/v1/health")
+    assert r.status_code == 200
+    checks = r.json()["checks"]
+    assert checks == {"encoder": "ok", **{f"shard-{i}": "ok" for i in range(4)}}
+
+
+@pytest.mark.parametrize(
+    "category, words",
+    [
+        ("Sci-Fi", "spaceship astronaut galaxy alien planet"),
+        ("Cooking", "recipes kitchen chef baking flavours"),
+        ("Western", "cowboy frontier outlaw sheriff desert ranch"),
+    ],
+)
+def test_query_of_category_words_returns_that_category(service, catalog, category, words):
+    answer = recommend(service, query=words, k=10)
+    hits = [category in catalog[i["item_id"]] for i in answer["items"]]
+    assert sum(hits) >= 7, (category, [i["title"] for i in answer["items"]])
+
+
+def test_user_gets_k_distinct_unseen_items(service, demo_dir):
+    log = pq.read_table(demo_dir / "interactions.parquet")
+    seen = {
+        i
+        for u, i in zip(log["user_id"].to_pylist(), log["item_id"].to_pylist(), strict=True)
+        if u == "1"
+    }
+    answer = recommend(service, user_id="1", k=25)
+    ids = [i["item_id"] for i in answer["items"]]
+    assert len(ids) == 25 == len(set(ids))
+    assert not seen & set(ids)
+    assert answer["degraded"] == []
+
+
+def test_filters_and_timings(service, catalog):
+    r = service.post(
+        "/v1/recommend",
+        json={"query": "a funny story", "k": 10, "filters": {"category": ["Horror"]}},
+    )
+    assert r.status_code == 200
+    answer = r.json()
+    assert len(answer["items"]) == 10
+    assert all("Horror" in catalog[i["item_id"]] for i in answer["items"])
+    assert {"encode", "retrieve", "total"} <= answer["timings_ms"].keys()
+    assert "retrieve;dur=" in r.headers["server-timing"]
+
+
+def test_rerank_without_reranker_is_degraded_not_failed(service):
+    answer = recommend(service, query="cowboys", k=3, rerank=True, explain=True)
+    assert answer["degraded"] == ["rerank", "explain"] and not answer["reranked"]
+
+
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        ({"query": "x", "k": 0}, 422, "k"),
+        ({"query": "x", "unknown": 1}, 422, "unknown"),
+        ({"k": 3}, 422, "body"),
+        ({"history": ["no-such-item"]}, 404, "history"),
+    ],
+)
+def test_bad_requests_get_clear_errors(service, body, status, field):
+    r = service.post("/v1/recommend", json=body)
+    assert r.status_code == status
+    assert r.json()["error"]["field"] == field
+
+
+def test_item_lookup(service, catalog):
+    r = service.get("/v1/items/1")
+    assert r.status_code == 200 and r.json()["categories"] == catalog["1"]
+    assert service.get("/v1/items/nope").status_code == 404
+
+
+def test_concurrent_queries_match_sequential(service):
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = [f"story number {n} about travel" for n in range(16)]
+    sequential = [
+        [i["item_id"] for i in recommend(service, query=q, k=5)["items"]] for q in queries
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(
+            pool.map(
+                lambda q: [i["item_id"] for i in recommend(service, query=q, k=5)["items"]], queries
+            )
+        )
+    assert concurrent == sequential

@@ -7,6 +7,7 @@ JSON for programs (`--json FILE`). Long jobs show progress bars.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -24,6 +25,11 @@ from cluster import local  # noqa: E402
 from deployments.config import AppConfig, resolve_path  # noqa: E402
 
 console = Console()
+
+# Modules adding subcommands: each has `register(subparsers)` that adds its parser and
+# sets `func` (taking the parsed args, returning an exit code).
+COMMAND_MODULES: list[str] = []
+BENCH_MODULES: list[str] = []
 
 DEMO_DATA = "data/demo"
 DEMO_QUERY = "a slow-burn space drama about astronauts far from home"
@@ -111,7 +117,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 def ensure_demo(cfg: AppConfig, shards: int = 4) -> None:
     """Models, demo data and index, each made only when missing."""
     from retrieval.demo_data import make_demo_dataset
-
     from retrieval.models import prepare_models
 
     prepare_models(resolve_path(cfg.models_dir))
@@ -312,6 +317,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--explain", action=argparse.BooleanOptionalAction, default=True)
     s.add_argument("--json", help="write the answer as JSON here")
     s.set_defaults(func=cmd_query)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
+    bench = sub.add_parser("bench", help="benchmarks: print a table, write JSON")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    for module in BENCH_MODULES:
+        importlib.import_module(module).register(bench_sub)
     return p
 
 

@@ -69,8 +69,9 @@ class SentenceEncoder:
         self.model.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.model_id = model_id or model_path.rstrip("/").split("/")[-1]
-        dim_of = getattr(self.model, "get_embedding_dimension", None) or getattr(
-            self.model, "get_sentence_embedding_dimension"
+        dim_of = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
         )
         self.dim = int(dim_of())
 

@@ -32,13 +32,17 @@ def test_health_includes_the_reranker(service):
     assert r.status_code == 200 and r.json()["checks"]["reranker"] == "ok"
 
 
-@pytest.mark.parametrize("body", [
-    {"query": "a slow-burn space drama about astronauts", "k": 10},
-    {"user_id": "1", "k": 10},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"query": "a slow-burn space drama about astronauts", "k": 10},
+        {"user_id": "1", "k": 10},
+    ],
+)
 def test_reranked_answer_explains_every_item(service, body):
-    r = service.post("/v1/recommend", json={**body, "rerank": True, "explain": True,
-                                            "deadline_ms": 120_000})
+    r = service.post(
+        "/v1/recommend", json={**body, "rerank": True, "explain": True, "deadline_ms": 120_000}
+    )
     assert r.status_code == 200, r.text
     answer = r.json()
     assert answer["reranked"] is True and answer["degraded"] == []
@@ -49,9 +53,16 @@ def test_reranked_answer_explains_every_item(service, body):
 
 
 def test_tight_deadline_degrades_instead_of_failing(service):
-    r = service.post("/v1/recommend", json={"query": "cowboys on the frontier", "k": 5,
-                                            "rerank": True, "explain": True,
-                                            "deadline_ms": 60})
+    r = service.post(
+        "/v1/recommend",
+        json={
+            "query": "cowboys on the frontier",
+            "k": 5,
+            "rerank": True,
+            "explain": True,
+            "deadline_ms": 60,
+        },
+    )
     # Either the stages were skipped (200, degraded) or nothing came back in time (504).
     assert r.status_code in (200, 504), r.text
     if r.status_code == 200:

@@ -1,0 +1,122 @@
+"""Offline ranking metrics for one held-out item per user.
+
+Every user contributes one ranked list and one target. With a single relevant
+item, Recall@k is a hit (target in the top k), NDCG@k is `1 / log2(rank + 2)`
+for a 0-based rank below k (the ideal DCG is 1) and the reciprocal rank is
+`1 / (rank + 1)` anywhere in the list (0 when the target is missing). Catalog
+coverage is the share of catalog items that appear in at least one user's
+top k.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "RankingMetrics",
+    "catalog_coverage",
+    "latency_summary",
+    "ndcg_at_k",
+    "rank_of",
+    "recall_at_k",
+    "reciprocal_rank",
+    "score_rankings",
+]
+
+
+def rank_of(ranked: Sequence[str], target: str) -> int | None:
+    """0-based position of `target` in `ranked`, or None when it is absent."""
+    for pos, item_id in enumerate(ranked):
+        if item_id == target:
+            return pos
+    return None
+
+
+def recall_at_k(rank: int | None, k: int) -> float:
+    """1.0 when the target sits in the top `k`, else 0.0."""
+    return 1.0 if rank is not None and rank < k else 0.0
+
+
+def ndcg_at_k(rank: int | None, k: int) -> float:
+    """`1 / log2(rank + 2)` for a target in the top `k`, else 0.0 (one relevant item)."""
+    return 1.0 / math.log2(rank + 2) if rank is not None and rank < k else 0.0
+
+
+def reciprocal_rank(rank: int | None) -> float:
+    """`1 / (rank + 1)`, 0.0 when the target is absent from the ranked list."""
+    return 0.0 if rank is None else 1.0 / (rank + 1)
+
+
+def catalog_coverage(rankings: Iterable[Sequence[str]], k: int, catalog_size: int) -> float:
+    """Share of the catalog's `catalog_size` items shown in at least one top `k`."""
+    if catalog_size <= 0:
+        raise ValueError("catalog_size must be positive")
+    shown: set[str] = set()
+    for ranked in rankings:
+        shown.update(ranked[:k])
+    return len(shown) / catalog_size
+
+
+@dataclass(frozen=True)
+class RankingMetrics:
+    """Means over `users` of Recall@k, NDCG@k and reciprocal rank, plus catalog coverage."""
+
+    k: int
+    users: int
+    recall: float
+    ndcg: float
+    mrr: float
+    coverage: float
+
+    def to_json(self) -> dict[str, float | int]:
+        """`{"recall_at_K", "ndcg_at_K", "mrr", "coverage", "users"}` with K = `k`."""
+        return {
+            f"recall_at_{self.k}": round(self.recall, 6),
+            f"ndcg_at_{self.k}": round(self.ndcg, 6),
+            "mrr": round(self.mrr, 6),
+            "coverage": round(self.coverage, 6),
+            "users": self.users,
+        }
+
+
+def score_rankings(
+    rankings: Mapping[str, Sequence[str]],
+    targets: Mapping[str, str],
+    k: int,
+    catalog_size: int,
+) -> RankingMetrics:
+    """Metrics of `rankings` (user → ranked item ids) against `targets` (user → item).
+
+    Every user in `rankings` must have a target (`KeyError` otherwise). The
+    reciprocal rank reads the whole ranked list, so its depth bounds the MRR.
+    """
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    ranks = [rank_of(ranked, targets[user]) for user, ranked in rankings.items()]
+    n = len(ranks)
+    mean = (lambda xs: sum(xs) / n) if n else (lambda xs: 0.0)
+    return RankingMetrics(
+        k=k,
+        users=n,
+        recall=mean([recall_at_k(r, k) for r in ranks]),
+        ndcg=mean([ndcg_at_k(r, k) for r in ranks]),
+        mrr=mean([reciprocal_rank(r) for r in ranks]),
+        coverage=catalog_coverage(rankings.values(), k, catalog_size),
+    )
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """`{"mean", "p50", "p95", "max"}` in milliseconds (zeros for no samples)."""
+    if not seconds:
+        return {"mean": 0.0, "p50": 0.0, "p95": 0.0, "max": 0.0}
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    return {
+        "mean": round(float(ms.mean()), 2),
+        "p50": round(float(np.percentile(ms, 50)), 2),
+        "p95": round(float(np.percentile(ms, 95)), 2),
+        "max": round(float(ms.max()), 2),
+    }

@@ -1,24 +1,22 @@
-"""FAISS shards: build, verify, load and search one slice of the catalog.
+"""FAISS shards: load, verify, search and change one slice of the catalog.
 
-An index folder holds `shard-NNN.faiss` (vectors, inner-product metric over
-unit vectors, ids = row positions in the shard), `shard-NNN.parquet` (the
-shard's item rows in the same order: item_id, title, text, categories) and
-`manifest.json` describing both with sha256 digests. Items are owned by shard
-`crc32(item_id) % n_shards`, so an upsert knows where to go without a lookup.
+A loaded shard is the last snapshot (read-only) plus an exact in-memory index
+of vectors added since (the delta). Upserts and deletes are fsynced to the
+change log before they apply; a replaced or deleted row stays in the index as a
+tombstone that every search excludes through its ID selector, until the next
+`llmrec build` drops it. Every `snapshot_every` changes the shard writes a new
+generation of its files (the delta folded in), swaps its manifest entry
+atomically under a file lock and empties its log. One process owns a shard's
+files: a shard that takes writes must run as one replica. The folder layout
+and `build_shards` are in `retrieval.index_files`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
-import time
-import zlib
+import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
@@ -26,10 +24,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from retrieval.changes import Change, ChangeLog, Item
+from retrieval.index_files import (
+    MANIFEST_NAME,
+    Manifest,
+    ShardFiles,
+    build_shards,
+    check_faiss_version,
+    load_manifest,
+    shard_of,
+    update_manifest,
+    write_rows,
+)
+from retrieval.index_types import SearchSettings, ShardIndex
+from retrieval.integrity import IndexIntegrityError, sha256_of
+
 __all__ = [
     "MANIFEST_NAME",
     "Hit",
     "IndexIntegrityError",
+    "Item",
     "Manifest",
     "Shard",
     "ShardFiles",
@@ -39,46 +53,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MANIFEST_NAME = "manifest.json"
-METRIC = "inner_product"
-
-
-class IndexIntegrityError(RuntimeError):
-    """A shard file is missing, corrupt or does not match the manifest or the encoder."""
-
-
-def shard_of(item_id: str, n_shards: int) -> int:
-    """The shard that owns `item_id` (stable across processes and runs)."""
-    return zlib.crc32(item_id.encode()) % n_shards
-
-
-@dataclass(frozen=True)
-class ShardFiles:
-    index_file: str
-    items_file: str
-    items: int
-    index_sha256: str
-    items_sha256: str
-
-
-@dataclass(frozen=True)
-class Manifest:
-    dim: int
-    metric: str
-    encoder_id: str
-    items: int
-    faiss_version: str
-    index_type: str
-    shards: list[ShardFiles]
-    created_at: float = field(default_factory=time.time)
-
-    @property
-    def n_shards(self) -> int:
-        return len(self.shards)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
 
 
 @dataclass(frozen=True)
@@ -90,188 +64,256 @@ class Hit:
     categories: list[str]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _by_category(categories: Sequence[list[str] | None]) -> dict[str, np.ndarray]:
+    rows: dict[str, list[int]] = {}
+    for pos, cats in enumerate(categories):
+        for c in cats or ():
+            rows.setdefault(c, []).append(pos)
+    return {c: np.asarray(p, dtype=np.int64) for c, p in rows.items()}
 
 
-def load_manifest(index_dir: Path) -> Manifest:
-    """Read `manifest.json`; raises IndexIntegrityError if it is missing or malformed."""
-    path = Path(index_dir) / MANIFEST_NAME
-    try:
-        raw = json.loads(path.read_text())
-        shards = [ShardFiles(**s) for s in raw.pop("shards")]
-        return Manifest(shards=shards, **raw)
-    except FileNotFoundError as exc:
-        raise IndexIntegrityError(f"{path}: no manifest; run `llmrec build` first") from exc
-    except (ValueError, TypeError, KeyError) as exc:
-        raise IndexIntegrityError(f"{path}: malformed manifest ({exc})") from exc
+def _bitmap(mask: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray]:
+    """An IDSelectorBitmap over row positions; the returned array must outlive the search."""
+    bits = np.packbits(mask, bitorder="little")
+    return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits
 
 
-def _flat_index(vectors: np.ndarray) -> faiss.Index:
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
-    index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
-    return index
+@dataclass(frozen=True)
+class _View:
+    """What one search reads; a snapshot swaps in a new one whole.
 
-
-def build_shards(
-    catalog: pa.Table,
-    vectors: np.ndarray,
-    out_dir: Path,
-    *,
-    n_shards: int,
-    encoder_id: str,
-) -> Manifest:
-    """Split `catalog` (rows aligned with `vectors`) into `n_shards` and write them.
-
-    The folder is written beside `out_dir` under a temporary name and swapped in
-    with renames, so a reader sees the old index or the new one, never a mix.
+    `base` is immutable; `delta` and `delta_categories` only grow, under the
+    shard's locks.
     """
-    if len(catalog) != len(vectors):
-        raise ValueError(f"{len(catalog)} catalog rows but {len(vectors)} vectors")
-    if n_shards < 1:
-        raise ValueError("n_shards must be >= 1")
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        owner = np.array([shard_of(i, n_shards) for i in catalog["item_id"].to_pylist()])
-        files = []
-        for s in range(n_shards):
-            rows = np.flatnonzero(owner == s)
-            index_file, items_file = f"shard-{s:03d}.faiss", f"shard-{s:03d}.parquet"
-            faiss.write_index(_flat_index(vectors[rows]), str(tmp / index_file))
-            items = catalog.select(["item_id", "title", "text", "categories"]).take(rows)
-            pq.write_table(items, tmp / items_file)
-            files.append(
-                ShardFiles(
-                    index_file=index_file,
-                    items_file=items_file,
-                    items=len(rows),
-                    index_sha256=_sha256(tmp / index_file),
-                    items_sha256=_sha256(tmp / items_file),
-                )
-            )
-        manifest = Manifest(
-            dim=int(vectors.shape[1]),
-            metric=METRIC,
-            encoder_id=encoder_id,
-            items=len(catalog),
-            faiss_version=faiss.__version__,
-            index_type="flat",
-            shards=files,
-        )
-        (tmp / MANIFEST_NAME).write_text(manifest.to_json())
-        old = out_dir.with_name(f".{out_dir.name}-old")
-        if out_dir.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-        return manifest
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    base: ShardIndex
+    base_n: int
+    delta: faiss.IndexFlatIP
+    base_categories: dict[str, np.ndarray]
+    delta_categories: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Home:
+    index_dir: Path
+    shard_no: int
+    n_shards: int
+    kind: str
+    params: dict
+    changes: ChangeLog
 
 
 class Shard:
-    """One loaded shard: a FAISS index plus the rows of its items.
+    """One loaded shard: search, lookup and (for a shard loaded from disk) upsert and delete.
 
-    `search` answers the top-k items of this shard for a query vector, with
-    category filters and exclusions applied inside the FAISS search (an ID
-    selector), so a filtered query still fills k when k items qualify.
+    `search` answers the top-k live items for a query vector, with category
+    filters, exclusions and tombstones applied inside the FAISS search (an ID
+    selector); a selector that lets through few rows, or an approximate search
+    that comes back short, is answered exhaustively over the allowed rows, so a
+    filtered query still fills k when k items qualify. Searches and lookups may
+    run concurrently with each other and with one writer.
     """
 
-    def __init__(self, index: faiss.Index, items: pa.Table) -> None:
-        if index.ntotal != len(items):
-            raise IndexIntegrityError(f"index has {index.ntotal} vectors, items {len(items)}")
-        self.index = index
-        self.dim = index.d
-        self.item_ids: list[str] = items["item_id"].to_pylist()
-        self.titles: list[str] = items["title"].to_pylist()
-        self.texts: list[str] = items["text"].to_pylist()
-        self.categories: list[list[str]] = items["categories"].to_pylist()
-        self.position = {item_id: pos for pos, item_id in enumerate(self.item_ids)}
-        by_category: dict[str, list[int]] = {}
-        for pos, cats in enumerate(self.categories):
-            for c in cats or ():
-                by_category.setdefault(c, []).append(pos)
-        self.by_category = {c: np.asarray(p, dtype=np.int64) for c, p in by_category.items()}
+    def __init__(
+        self,
+        base: ShardIndex,
+        rows: pa.Table,
+        *,
+        deleted: np.ndarray | None = None,
+        settings: SearchSettings | None = None,
+    ) -> None:
+        n = len(rows)
+        if base.ntotal != n:
+            raise IndexIntegrityError(f"index has {base.ntotal} vectors, items {n}")
+        self.dim = base.d
+        self.settings = settings or SearchSettings()
+        self.snapshot_every = 1000
+        self.item_ids: list[str] = rows["item_id"].to_pylist()
+        self.titles: list[str] = rows["title"].to_pylist()
+        self.texts: list[str] = rows["text"].to_pylist()
+        self.categories: list[list[str]] = [list(c or ()) for c in rows["categories"].to_pylist()]
+        self._alive = np.ones(max(n, 16), dtype=bool)
+        if deleted is not None:
+            self._alive[:n] = ~np.asarray(deleted, dtype=bool)
+        self._n = n
+        self._dead = n - int(np.count_nonzero(self._alive[:n]))
+        self.position = {i: pos for pos, i in enumerate(self.item_ids) if self._alive[pos]}
+        self._view = _View(base, n, faiss.IndexFlatIP(self.dim), _by_category(self.categories))
+        self._write_lock = threading.RLock()
+        self._delta_lock = threading.Lock()
+        self._home: _Home | None = None
+        self.files: ShardFiles | None = None
+        self.seq = 0
+        self._since_snapshot = 0
+        self._use_gpu = False
 
     @classmethod
-    def load(cls, index_dir: Path, shard_no: int, *, expected_dim: int | None = None) -> Shard:
-        """Load shard `shard_no`, checking digests, counts and dimension against the manifest.
+    def load(
+        cls,
+        index_dir: Path,
+        shard_no: int,
+        *,
+        expected_dim: int | None = None,
+        settings: SearchSettings | None = None,
+        snapshot_every: int = 1000,
+        use_gpu: bool = False,
+    ) -> Shard:
+        """Load shard `shard_no` and replay its change log.
 
-        Raises IndexIntegrityError naming the file and the mismatch.
+        Checks the manifest (faiss version, dimension against the encoder's),
+        the sha256 of every file, the index type and shape, the row counts and
+        every line of the change log. Raises IndexIntegrityError naming the
+        file and the mismatch.
         """
         index_dir = Path(index_dir)
         manifest = load_manifest(index_dir)
+        manifest_path = index_dir / MANIFEST_NAME
         if not 0 <= shard_no < manifest.n_shards:
             raise IndexIntegrityError(
                 f"{index_dir}: shard {shard_no} requested, manifest has {manifest.n_shards}"
             )
         if expected_dim is not None and manifest.dim != expected_dim:
             raise IndexIntegrityError(
-                f"{index_dir / MANIFEST_NAME}: index dim {manifest.dim} but the encoder "
+                f"{manifest_path}: index dim {manifest.dim} but the encoder "
                 f"produces {expected_dim}; rebuild with `llmrec build`"
             )
-        if manifest.faiss_version.split(".")[:2] != faiss.__version__.split(".")[:2]:
-            log.warning(
-                "index written by faiss %s, loading with %s",
-                manifest.faiss_version,
-                faiss.__version__,
-            )
+        check_faiss_version(manifest, manifest_path)
         files = manifest.shards[shard_no]
-        for name, want in (
+        digests = [
             (files.index_file, files.index_sha256),
             (files.items_file, files.items_sha256),
-        ):
+        ]
+        if files.vectors_file:
+            digests.append((files.vectors_file, files.vectors_sha256))
+        for name, want in digests:
             path = index_dir / name
             if not path.exists():
                 raise IndexIntegrityError(f"{path}: missing")
-            got = _sha256(path)
+            got = sha256_of(path)
             if got != want:
                 raise IndexIntegrityError(
-                    f"{path}: sha256 {got[:12]}… does not match manifest {want[:12]}…"
+                    f"{path}: sha256 {got[:12]}… does not match manifest {(want or '')[:12]}…"
                 )
+        base = ShardIndex.read(
+            index_dir / files.index_file,
+            manifest.index_type,
+            manifest.index_params,
+            dim=manifest.dim,
+            rows=files.items,
+            vectors_path=index_dir / files.vectors_file if files.vectors_file else None,
+            use_gpu=use_gpu,
+        )
+        items_path = index_dir / files.items_file
         try:
-            index = faiss.read_index(str(index_dir / files.index_file))
-            items = pq.read_table(index_dir / files.items_file)
-        except (RuntimeError, OSError, pa.ArrowException) as exc:
-            raise IndexIntegrityError(
-                f"{index_dir / files.index_file}: unreadable ({exc})"
-            ) from exc
-        if index.d != manifest.dim:
-            raise IndexIntegrityError(
-                f"{index_dir / files.index_file}: dim {index.d}, manifest says {manifest.dim}"
-            )
+            items = pq.read_table(items_path)
+        except (OSError, pa.ArrowException) as exc:
+            raise IndexIntegrityError(f"{items_path}: unreadable ({exc})") from exc
         if len(items) != files.items:
             raise IndexIntegrityError(
-                f"{index_dir / files.items_file}: {len(items)} items, manifest says {files.items}"
+                f"{items_path}: {len(items)} items, manifest says {files.items}"
             )
-        return cls(index, items)
+        deleted = None
+        if "deleted" in items.column_names:
+            deleted = items["deleted"].to_numpy(zero_copy_only=False)
+            if int(deleted.sum()) != files.deleted:
+                raise IndexIntegrityError(
+                    f"{items_path}: {int(deleted.sum())} deleted rows, manifest says "
+                    f"{files.deleted}"
+                )
+        shard = cls(base, items, deleted=deleted, settings=settings)
+        shard._use_gpu = use_gpu
+        shard.snapshot_every = snapshot_every
+        shard.files = files
+        shard._home = _Home(
+            index_dir=index_dir,
+            shard_no=shard_no,
+            n_shards=manifest.n_shards,
+            kind=manifest.index_type,
+            params=manifest.index_params,
+            changes=ChangeLog(index_dir / f"shard-{shard_no:03d}.changes.jsonl", manifest.dim),
+        )
+        replayed = shard._home.changes.replay(files.changes_seq)
+        for change in replayed:
+            if shard_of(change.item_id, manifest.n_shards) != shard_no:
+                raise IndexIntegrityError(
+                    f"{shard._home.changes.path}: seq {change.seq} changes item "
+                    f"{change.item_id!r}, which shard {shard_no} does not own"
+                )
+        shard._apply(replayed)
+        shard.seq = replayed[-1].seq if replayed else files.changes_seq
+        shard._since_snapshot = len(replayed)
+        return shard
 
     def __len__(self) -> int:
-        return len(self.item_ids)
+        return len(self.position)
 
-    def _selector(
-        self, exclude: Iterable[str], categories: Sequence[str] | None
-    ) -> faiss.IDSelector | None:
-        excluded = np.asarray(
-            [self.position[i] for i in exclude if i in self.position], dtype=np.int64
-        )
+    # ---- reading ----------------------------------------------------------------
+
+    def _mask(
+        self, view: _View, n_rows: int, exclude: Iterable[str], categories: Sequence[str] | None
+    ) -> np.ndarray | None:
+        """Rows a search may return, or None when it may return every row."""
+        excluded = [p for p in (self.position.get(i) for i in exclude) if p is not None]
+        if not categories and not excluded and not self._dead:
+            return None
         if categories:
-            parts = [self.by_category[c] for c in categories if c in self.by_category]
-            allowed = np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
-            allowed = np.setdiff1d(allowed, excluded, assume_unique=True)
-            return faiss.IDSelectorBatch(allowed)
-        if len(excluded):
-            return faiss.IDSelectorNot(faiss.IDSelectorBatch(excluded))
-        return None
+            mask = np.zeros(n_rows, dtype=bool)
+            for c in categories:
+                mask[view.base_categories.get(c, [])] = True
+                delta_rows = [r for r in view.delta_categories.get(c, ()) if r < n_rows]
+                mask[delta_rows] = True
+            mask &= self._alive[:n_rows]
+        else:
+            mask = self._alive[:n_rows].copy()
+        mask[[p for p in excluded if p < n_rows]] = False
+        return mask
+
+    def _search_base(
+        self, view: _View, query: np.ndarray, k: int, mask: np.ndarray | None
+    ) -> list[tuple[float, int]]:
+        n = view.base_n
+        if n == 0:
+            return []
+        base, settings = view.base, self.settings
+        sel = bits = None
+        allowed = n
+        if mask is not None:
+            allowed = int(np.count_nonzero(mask[:n]))
+            if allowed == 0:
+                return []
+            sel, bits = _bitmap(mask[:n])
+        want = min(k, allowed)
+        fraction = allowed / n
+        if fraction < settings.exact_filter_fraction:
+            scores, ids = base.exhaustive(query, want, settings, sel)
+        else:
+            scores, ids = base.search(query, want, settings, sel, fraction)
+            if int(np.count_nonzero(ids[0] >= 0)) < want:
+                # IVF lists or an HNSW beam can hold fewer allowed rows than k.
+                scores, ids = base.exhaustive(query, want, settings, sel)
+        del bits
+        return [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+
+    def _search_delta(
+        self, view: _View, query: np.ndarray, k: int, mask: np.ndarray | None, n_rows: int
+    ) -> list[tuple[float, int]]:
+        m = n_rows - view.base_n
+        if m <= 0:
+            return []
+        params = bits = None
+        if mask is not None:
+            if not mask[view.base_n : n_rows].any():
+                return []
+            sel, bits = _bitmap(mask[view.base_n : n_rows])
+            params = faiss.SearchParameters(sel=sel)
+        with self._delta_lock:
+            scores, ids = view.delta.search(query, min(k, m), params=params)
+        del bits
+        return [
+            (float(s), view.base_n + int(i))
+            for s, i in zip(scores[0], ids[0], strict=True)
+            if 0 <= i < m
+        ]
 
     def search(
         self,
@@ -281,19 +323,20 @@ class Shard:
         exclude: Iterable[str] = (),
         categories: Sequence[str] | None = None,
     ) -> list[Hit]:
-        """Top-`k` items by inner product with `query` (shape `(dim,)`), best first."""
+        """Top-`k` live items by inner product with `query` (shape `(dim,)`), best first."""
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.dim:
             raise ValueError(f"query has dim {query.shape[1]}, shard {self.dim}")
+        view = self._view
+        n_rows = self._n
         k = min(k, len(self))
-        if k == 0:
+        if k <= 0:
             return []
-        selector = self._selector(exclude, categories)
-        params = faiss.SearchParameters(sel=selector) if selector is not None else None
-        scores, ids = self.index.search(query, k, params=params)
-        return [
-            self._hit(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0
-        ]
+        mask = self._mask(view, n_rows, exclude, categories)
+        found = self._search_base(view, query, k, mask)
+        found += self._search_delta(view, query, k, mask, n_rows)
+        found.sort(key=lambda t: -t[0])
+        return [self._hit(row, score) for score, row in found[:k]]
 
     def _hit(self, pos: int, score: float) -> Hit:
         return Hit(
@@ -301,14 +344,208 @@ class Shard:
             score=score,
             title=self.titles[pos],
             text=self.texts[pos],
-            categories=list(self.categories[pos] or ()),
+            categories=list(self.categories[pos]),
         )
 
+    def _vector(self, row: int) -> np.ndarray:
+        view = self._view
+        if row < view.base_n:
+            return view.base.vectors(np.array([row]))[0]
+        with self._delta_lock:
+            return view.delta.reconstruct(row - view.base_n)
+
     def lookup(self, item_ids: Iterable[str]) -> dict[str, tuple[Hit, np.ndarray]]:
-        """Rows and stored vectors of the given items that this shard owns."""
+        """Rows and stored vectors of the given live items that this shard owns."""
         found = {}
         for item_id in item_ids:
             pos = self.position.get(item_id)
             if pos is not None:
-                found[item_id] = (self._hit(pos, 0.0), self.index.reconstruct(pos))
+                found[item_id] = (self._hit(pos, 0.0), self._vector(pos))
         return found
+
+    def any_item(self) -> str | None:
+        """The id of the first live row, or None when the shard is empty."""
+        live = np.flatnonzero(self._alive[: self._n])
+        return self.item_ids[live[0]] if len(live) else None
+
+    def stats(self) -> dict:
+        """Counts a person checking the shard wants: rows, live items, tombstones, delta, seq."""
+        view = self._view
+        return {
+            "index_type": view.base.kind,
+            "rows": self._n,
+            "live": len(self),
+            "deleted": self._dead,
+            "delta": self._n - view.base_n,
+            "seq": self.seq,
+            "generation": self.files.generation if self.files else 0,
+        }
+
+    # ---- writing ----------------------------------------------------------------
+
+    def _apply(self, changes: Sequence[Change]) -> None:
+        """Apply logged changes in memory (caller holds the write lock, or is loading).
+
+        New rows reach the delta before their ids are published, and the rows
+        they replace die after, so a concurrent search never sees an id without
+        its vector (at worst both versions for a moment; merging drops repeats).
+        """
+        view = self._view
+        vectors = []
+        replaced = []
+        latest: dict[str, int | None] = {}
+        for change in changes:
+            old = (
+                latest[change.item_id]
+                if change.item_id in latest
+                else self.position.get(change.item_id)
+            )
+            if old is not None:
+                replaced.append(old)
+            latest[change.item_id] = None
+            if change.op == "upsert":
+                assert change.item is not None and change.vector is not None
+                latest[change.item_id] = self._append_row(view, change.item)
+                vectors.append(change.vector)
+        if vectors:
+            with self._delta_lock:
+                view.delta.add(np.stack(vectors).astype(np.float32))
+        self._n = len(self.item_ids)
+        for item_id, row in latest.items():
+            if row is None:
+                self.position.pop(item_id, None)
+            else:
+                self.position[item_id] = row
+        for row in replaced:
+            self._alive[row] = False
+        self._dead += len(replaced)
+
+    def _append_row(self, view: _View, item: Item) -> int:
+        row = len(self.item_ids)
+        if row >= len(self._alive):
+            grown = np.zeros(2 * len(self._alive), dtype=bool)
+            grown[: len(self._alive)] = self._alive
+            self._alive = grown
+        self._alive[row] = True
+        self.item_ids.append(item.item_id)
+        self.titles.append(item.title)
+        self.texts.append(item.text)
+        self.categories.append(list(item.categories))
+        for c in item.categories:
+            view.delta_categories.setdefault(c, []).append(row)
+        return row
+
+    def _commit(self, changes: list[Change]) -> None:
+        if self._home is not None:
+            self._home.changes.append(changes)
+        self.seq = changes[-1].seq
+        self._apply(changes)
+        self._since_snapshot += len(changes)
+        if self._home is not None and self._since_snapshot >= self.snapshot_every:
+            try:
+                self._snapshot_locked()
+            except (OSError, RuntimeError) as exc:
+                # The changes are durable in the log; the next write retries the snapshot.
+                log.error("shard %d: snapshot failed, keeping the log: %s", self.shard_no, exc)
+
+    @property
+    def shard_no(self) -> int:
+        return self._home.shard_no if self._home else 0
+
+    def upsert(self, items: Sequence[Item], vectors: np.ndarray) -> int:
+        """Add or replace `items` (row i of `vectors` is item i's unit vector).
+
+        The changes are in the log (fsynced) before they become searchable; the
+        next search sees them. Returns the sequence number of the last change.
+        Raises ValueError for a vector of the wrong shape or an item another
+        shard owns.
+        """
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(items), self.dim) or not np.isfinite(vectors).all():
+            raise ValueError(
+                f"expected {len(items)} finite vectors of dim {self.dim}, got {vectors.shape}"
+            )
+        if self._home is not None:
+            for item in items:
+                if shard_of(item.item_id, self._home.n_shards) != self._home.shard_no:
+                    raise ValueError(f"item {item.item_id!r} belongs to another shard")
+        if not items:
+            return self.seq
+        with self._write_lock:
+            changes = [
+                Change(seq=self.seq + n, op="upsert", item_id=it.item_id, item=it, vector=v)
+                for n, (it, v) in enumerate(zip(items, vectors, strict=True), 1)
+            ]
+            self._commit(changes)
+            return self.seq
+
+    def delete(self, item_ids: Iterable[str]) -> list[str]:
+        """Delete the given items; returns those that were here (the rest are unknown)."""
+        with self._write_lock:
+            present = [i for i in dict.fromkeys(item_ids) if i in self.position]
+            if present:
+                self._commit(
+                    [
+                        Change(seq=self.seq + n, op="delete", item_id=i)
+                        for n, i in enumerate(present, 1)
+                    ]
+                )
+            return present
+
+    def snapshot(self) -> ShardFiles | None:
+        """Fold the delta into a new generation of this shard's files now (None if in memory)."""
+        with self._write_lock:
+            return self._snapshot_locked() if self._home is not None else None
+
+    def _snapshot_locked(self) -> ShardFiles:
+        home, old = self._home, self.files
+        assert home is not None and old is not None
+        view, n = self._view, self._n
+        with self._delta_lock:
+            m = view.delta.ntotal
+            added = view.delta.reconstruct_n(0, m) if m else np.zeros((0, self.dim), np.float32)
+        stem = f"shard-{home.shard_no:03d}.g{old.generation + 1}"
+        index_file, vectors_file = view.base.with_vectors(added).write(home.index_dir, stem)
+        items_file = f"{stem}.parquet"
+        dead = ~self._alive[:n]
+        rows = pa.table(
+            {
+                "item_id": self.item_ids[:n],
+                "title": self.titles[:n],
+                "text": self.texts[:n],
+                "categories": pa.array(self.categories[:n], type=pa.list_(pa.string())),
+                "deleted": dead,
+            }
+        )
+        write_rows(rows, home.index_dir / items_file)
+        files = ShardFiles(
+            index_file=index_file,
+            items_file=items_file,
+            items=n,
+            index_sha256=sha256_of(home.index_dir / index_file),
+            items_sha256=sha256_of(home.index_dir / items_file),
+            vectors_file=vectors_file,
+            vectors_sha256=sha256_of(home.index_dir / vectors_file) if vectors_file else None,
+            deleted=int(dead.sum()),
+            changes_seq=self.seq,
+            generation=old.generation + 1,
+        )
+        base = ShardIndex.read(
+            home.index_dir / index_file,
+            home.kind,
+            home.params,
+            dim=self.dim,
+            rows=n,
+            vectors_path=home.index_dir / vectors_file if vectors_file else None,
+            use_gpu=self._use_gpu,
+        )
+        update_manifest(home.index_dir, home.shard_no, files)
+        home.changes.reset()
+        self._view = _View(base, n, faiss.IndexFlatIP(self.dim), _by_category(self.categories[:n]))
+        self.files = files
+        self._since_snapshot = 0
+        for name in (old.index_file, old.items_file, old.vectors_file):
+            if name and name not in (index_file, items_file, vectors_file):
+                (home.index_dir / name).unlink(missing_ok=True)
+        log.info("shard %d: snapshot generation %d (%d rows)", home.shard_no, files.generation, n)
+        return files

@@ -1,24 +1,69 @@
-"""ShardRetriever core: one FAISS shard answering searches and lookups, without Ray."""
+"""ShardRetriever core: one FAISS shard answering searches, lookups and changes, without Ray."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from deployments.config import RetrieverConfig
-from retrieval.shards import Hit, Shard
+from deployments.config import IndexBuildConfig, RetrieverConfig
+from retrieval.index_types import IndexSpec, SearchSettings
+from retrieval.shards import Hit, IndexIntegrityError, Item, Shard
 
-__all__ = ["ShardRetrieverCore"]
+__all__ = [
+    "SEARCH_TIME_FIELDS",
+    "ShardRetrieverCore",
+    "index_spec",
+    "search_settings",
+    "split_config",
+]
+
+log = logging.getLogger(__name__)
+
+PROBE_K = 10
+SEARCH_TIME_FIELDS = frozenset(
+    {"nprobe", "ef_search", "refine_k_factor", "exact_filter_fraction", "snapshot_every"}
+)
+"""RetrieverConfig fields a running shard applies in place (Serve `user_config`)."""
+
+
+def split_config(config: RetrieverConfig) -> tuple[dict, dict]:
+    """(constructor args, user_config) of a shard deployment.
+
+    Search-time fields travel in the user_config, so changing only them makes
+    Serve call `reconfigure` on the running replica instead of restarting it.
+    """
+    dumped = config.model_dump()
+    search = {k: v for k, v in dumped.items() if k in SEARCH_TIME_FIELDS}
+    return {k: v for k, v in dumped.items() if k not in SEARCH_TIME_FIELDS}, search
+
+
+def search_settings(config: RetrieverConfig) -> SearchSettings:
+    """The search-time knobs of the serving config."""
+    return SearchSettings(
+        nprobe=config.nprobe,
+        ef_search=config.ef_search,
+        refine_k_factor=config.refine_k_factor,
+        exact_filter_fraction=config.exact_filter_fraction,
+    )
+
+
+def index_spec(config: IndexBuildConfig, index_type: str | None = None) -> IndexSpec:
+    """The build-time index choice of the config, with `index_type` overriding its type."""
+    return IndexSpec(**{**config.model_dump(), "type": index_type or config.type})
 
 
 class ShardRetrieverCore:
-    """Loads shard `shard_no` of `index_dir` (verified against the manifest) and searches it.
+    """Loads shard `shard_no` of `index_dir` (verified, change log replayed) and serves it.
 
-    Construction raises `IndexIntegrityError` naming the file when the shard is
-    missing, corrupt or of another dimension, so a bad index never serves.
+    Construction raises `IndexIntegrityError` naming the file when the shard, its
+    manifest entry or its change log is missing, corrupt, of another index type
+    or of another dimension, so a bad index never serves. `reload` swaps in a
+    freshly loaded shard and keeps the old one when loading fails.
     """
 
     def __init__(
@@ -29,10 +74,48 @@ class ShardRetrieverCore:
         expected_dim: int | None = None,
     ) -> None:
         faiss.omp_set_num_threads(config.faiss_threads)
-        self.config = config
+        self.index_dir = Path(index_dir)
         self.shard_no = shard_no
-        self.shard = Shard.load(Path(index_dir), shard_no, expected_dim=expected_dim)
-        self._probe = self.shard.index.reconstruct(0) if len(self.shard) else None
+        self.expected_dim = expected_dim
+        self.config = config
+        # Writes and reloads take turns, so a write never lands in a shard being replaced.
+        self._write_lock = threading.Lock()
+        self.shard = self._load()
+        self._probe_id: str | None = None
+
+    def _load(self) -> Shard:
+        return Shard.load(
+            self.index_dir,
+            self.shard_no,
+            expected_dim=self.expected_dim,
+            settings=search_settings(self.config),
+            snapshot_every=self.config.snapshot_every,
+            use_gpu=self.config.use_gpu,
+        )
+
+    def configure(self, config: RetrieverConfig) -> None:
+        """Apply the search-time fields of `config` to the loaded shard (no reload)."""
+        self.config = self.config.model_copy(
+            update={k: getattr(config, k) for k in SEARCH_TIME_FIELDS}
+        )
+        self.shard.settings = search_settings(self.config)
+        self.shard.snapshot_every = self.config.snapshot_every
+
+    def reload(self) -> dict:
+        """Load the shard again from disk and swap it in; on failure keep serving the old one.
+
+        Writers wait while the files are read, so no change slips between the two.
+        Raises IndexIntegrityError (the old shard stays) when the files are bad.
+        """
+        with self._write_lock:
+            try:
+                fresh = self._load()
+            except IndexIntegrityError:
+                log.exception("shard %d: reload failed, keeping the loaded index", self.shard_no)
+                raise
+            self.shard = fresh
+            self._probe_id = None
+        return self.shard.stats()
 
     def search(
         self,
@@ -46,10 +129,32 @@ class ShardRetrieverCore:
     def lookup(self, item_ids: Sequence[str]) -> dict[str, tuple[Hit, np.ndarray]]:
         return self.shard.lookup(item_ids)
 
+    def upsert(self, items: Sequence[Item], vectors: np.ndarray) -> int:
+        """Add or replace items; durable and searchable when this returns (the log's seq)."""
+        with self._write_lock:
+            return self.shard.upsert(items, vectors)
+
+    def delete(self, item_ids: Sequence[str]) -> list[str]:
+        """Delete items; returns the ids this shard had."""
+        with self._write_lock:
+            return self.shard.delete(item_ids)
+
+    def stats(self) -> dict:
+        return {"shard": self.shard_no, **self.shard.stats()}
+
     def check_health(self) -> None:
-        """A real search for one of the shard's own vectors must find that item first."""
-        if self._probe is None:
+        """A real search for a stored item's vector must return that item in the top 10."""
+        shard = self.shard
+        if self._probe_id not in shard.position:
+            self._probe_id = shard.any_item()
+        if self._probe_id is None:
             return
-        hits = self.shard.search(self._probe, 1)
-        if not hits or hits[0].score < 0.99:
-            raise RuntimeError(f"shard {self.shard_no} probe search failed: {hits}")
+        found = shard.lookup([self._probe_id])
+        if self._probe_id not in found:
+            return  # deleted since; the next probe picks another item
+        hits = shard.search(found[self._probe_id][1], PROBE_K)
+        if self._probe_id not in [h.item_id for h in hits]:
+            raise RuntimeError(
+                f"shard {self.shard_no} probe search for item {self._probe_id!r} "
+                f"returned {[h.item_id for h in hits]}"
+            )

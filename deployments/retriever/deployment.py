@@ -1,15 +1,24 @@
-"""The ShardRetriever Serve deployment: one per shard, queried scatter-gather by the router."""
+"""The ShardRetriever Serve deployment: one per shard, queried scatter-gather by the router.
+
+A shard deployment owns its files (change log, snapshots) and must run exactly
+one replica; reads scale with more shards. Search-time settings arrive as the
+deployment's `user_config` and apply in place (`reconfigure`), without a reload.
+FAISS releases the GIL, so searches run in threads off the event loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 from ray import serve
+from ray.serve import Application
 
 from deployments.config import RetrieverConfig
-from deployments.retriever.core import ShardRetrieverCore
-from retrieval.shards import Hit
+from deployments.retriever.core import ShardRetrieverCore, split_config
+from retrieval.shards import Hit, Item
 
-__all__ = ["ShardRetriever"]
+__all__ = ["ShardRetriever", "bind_shard"]
 
 
 @serve.deployment
@@ -19,13 +28,46 @@ class ShardRetriever:
             index_dir, shard_no, RetrieverConfig.model_validate(config), expected_dim=dim
         )
 
-    def search(
+    def reconfigure(self, config: dict) -> None:
+        self.core.configure(RetrieverConfig.model_validate(config))
+
+    async def search(
         self, vector: np.ndarray, k: int, exclude: list[str], categories: list[str] | None
     ) -> list[Hit]:
-        return self.core.search(vector, k, exclude, categories)
+        return await asyncio.to_thread(self.core.search, vector, k, exclude, categories)
 
-    def lookup(self, item_ids: list[str]) -> dict[str, tuple[Hit, np.ndarray]]:
-        return self.core.lookup(item_ids)
+    async def lookup(self, item_ids: list[str]) -> dict[str, tuple[Hit, np.ndarray]]:
+        return await asyncio.to_thread(self.core.lookup, item_ids)
 
-    def check_health(self) -> None:
-        self.core.check_health()
+    async def upsert(self, items: list[Item], vectors: np.ndarray) -> int:
+        return await asyncio.to_thread(self.core.upsert, items, vectors)
+
+    async def delete(self, item_ids: list[str]) -> list[str]:
+        return await asyncio.to_thread(self.core.delete, item_ids)
+
+    async def reload(self) -> dict:
+        return await asyncio.to_thread(self.core.reload)
+
+    async def stats(self) -> dict:
+        return self.core.stats()
+
+    async def check_health(self) -> None:
+        await asyncio.to_thread(self.core.check_health)
+
+
+def bind_shard(
+    index_dir: str, shard_no: int, config: RetrieverConfig, dim: int | None = None
+) -> Application:
+    """The deployment of shard `shard_no`, named `ShardRetriever-<n>`, with its options.
+
+    One replica (it owns the shard's change log and snapshots); search-time
+    settings in the user_config (applied in place when only they change).
+    """
+    init, user = split_config(config)
+    return ShardRetriever.options(
+        name=f"ShardRetriever-{shard_no}",
+        num_replicas=1,
+        max_ongoing_requests=config.max_ongoing_requests,
+        user_config=user,
+        ray_actor_options={"num_cpus": config.num_cpus},
+    ).bind(index_dir, shard_no, init, dim)

@@ -28,8 +28,8 @@ console = Console()
 
 # Modules adding subcommands: each has `register(subparsers)` that adds its parser and
 # sets `func` (taking the parsed args, returning an exit code).
-COMMAND_MODULES: list[str] = []
-BENCH_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["cluster.loadtest_cmd", "cluster.eval_cmd"]
+BENCH_MODULES: list[str] = ["cluster.bench_encoder", "cluster.bench_retrieval"]
 
 DEMO_DATA = "data/demo"
 DEMO_QUERY = "a slow-burn space drama about astronauts far from home"
@@ -87,7 +87,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def build(data_dir: Path, shards: int, cfg: AppConfig) -> None:
+def build(data_dir: Path, shards: int, cfg: AppConfig, index_type: str | None = None) -> None:
+    from deployments.retriever.core import index_spec
     from retrieval.build import build_index
     from retrieval.encoder import SentenceEncoder
     from retrieval.models import resolve_encoder
@@ -101,16 +102,24 @@ def build(data_dir: Path, shards: int, cfg: AppConfig) -> None:
         batch_size=enc.build_batch_size,
     )
     t = time.perf_counter()
-    manifest = build_index(data_dir, encoder, n_shards=shards, batch_size=enc.build_batch_size)
+    manifest = build_index(
+        data_dir,
+        encoder,
+        n_shards=shards,
+        batch_size=enc.build_batch_size,
+        index=index_spec(cfg.retriever.index, index_type),
+    )
+    params = {k: v for k, v in manifest.index_params.items() if k != "factory"}
     console.print(
-        f"built {manifest.n_shards} shards, {manifest.items} items, dim {manifest.dim}, "
+        f"built {manifest.n_shards} {manifest.index_type} shards {params or ''}, "
+        f"{manifest.items} items, dim {manifest.dim}, "
         f"in {time.perf_counter() - t:.1f}s → {data_dir / 'index'}"
     )
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     cfg = _app_config(args.config, args.data)
-    build(cfg.data_path, args.shards, cfg)
+    build(cfg.data_path, args.shards, cfg, args.index)
     return 0
 
 
@@ -290,6 +299,12 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("build", help="encode the catalog and write FAISS shards")
     s.add_argument("--data", required=True, help="dataset folder (from `llmrec ingest`)")
     s.add_argument("--shards", type=int, default=4)
+    s.add_argument(
+        "--index",
+        choices=["auto", "flat", "hnsw", "ivfsq", "ivfpq"],
+        help="index type per shard (default: retriever.index.type in the config, `auto`: "
+        "exact up to 100k items per shard, else ivfsq); its params come from retriever.index",
+    )
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("up", help="start or join Ray, deploy, wait until healthy")

@@ -9,7 +9,9 @@ the `llmrec` process.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,16 +28,35 @@ __all__ = [
     "DEFAULT_CONFIG",
     "RUN_DIR",
     "ClusterError",
+    "cluster_resources",
     "down",
     "health",
     "load_serve_config",
     "render_serve_config",
+    "serve_app_configs",
+    "serve_status",
     "up",
 ]
 
 DEFAULT_CONFIG = PROJECT_ROOT / "ray_config.yaml"
 RUN_DIR = Path("~/.cache/llmrec/run").expanduser()
 DASHBOARD = "http://127.0.0.1:8265"
+# The head `up` starts listens on this GCS port. Ray's CLIs are always pointed at it (and
+# `down` stops only its processes): on a shared machine other local Ray instances (for
+# example tests' `ray.init()`) exist, and `ray status`/`ray stop` would otherwise find
+# or end those too.
+HEAD_PORT = 6379
+HEAD_ADDRESS = f"127.0.0.1:{HEAD_PORT}"
+
+# Environment of `ray start` (a variable already set in the caller's environment wins):
+# Serve's high-throughput mode (HAProxy HTTP ingress straight to the ingress replicas, gRPC
+# between replicas) and replicas at normal CPU priority (Ray nices its workers to 15 by
+# default, which starves them next to any other busy process). See README, "Encoder pool".
+RAY_START_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_worker_niceness": "0",
+}
 
 
 class ClusterError(RuntimeError):
@@ -51,8 +72,27 @@ def _bin(name: str) -> str:
     return found
 
 
-def _run(cmd: list[str], *, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def _ray_env() -> dict[str, str]:
+    """The environment for Ray's CLIs, with one auth mode for the head and its clients.
+
+    `ray start` turns token auth on when a token file exists (Ray >= 2.52 writes
+    ~/.ray/auth_token on a first local `ray.init()`), but `ray status` and `serve`
+    only send the token when RAY_AUTH_MODE=token; set it so all of them agree.
+    """
+    env = dict(os.environ)
+    token_file = Path(env.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token").expanduser()
+    if "RAY_AUTH_MODE" not in env and ("RAY_AUTH_TOKEN" in env or token_file.exists()):
+        env["RAY_AUTH_MODE"] = "token"
+    return env
+
+
+def _run(
+    cmd: list[str], *, check: bool = True, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = _ray_env()
+    for key, value in (extra_env or {}).items():
+        env.setdefault(key, value)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise ClusterError(f"`{' '.join(cmd)}` failed:\n{proc.stderr.strip() or proc.stdout}")
     return proc
@@ -105,7 +145,100 @@ def health(url: str, timeout: float = 5.0) -> tuple[int, dict]:
 
 
 def _ray_running() -> bool:
-    return _run([_bin("ray"), "status"], check=False).returncode == 0
+    return _run([_bin("ray"), "status", "--address", HEAD_ADDRESS], check=False).returncode == 0
+
+
+def _head_session() -> str | None:
+    """Session folder of the local head (the GCS on HEAD_PORT); None when it is not running."""
+    import psutil
+
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if f"--gcs_server_port={HEAD_PORT}" in cmd:
+            for arg in cmd:
+                if arg.startswith("--session-dir="):
+                    return arg.partition("=")[2]
+    return None
+
+
+def _head_processes() -> list:
+    """The head's processes (those naming its session or GCS address) and their descendants."""
+    import psutil
+
+    session = _head_session()
+    if session is None:
+        return []
+    found = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if any(session in a or a.endswith(f":{HEAD_PORT}") for a in cmd):
+            with contextlib.suppress(psutil.Error):
+                for p in [proc, *proc.children(recursive=True)]:
+                    found[p.pid] = p
+    return list(found.values())
+
+
+def _dashboard_is_ours(url: str = DASHBOARD) -> bool:
+    """Whether the process listening at `url` is the local head's dashboard (not another's)."""
+    import psutil
+
+    session = _head_session()
+    port = httpx.URL(url).port
+    if session is None or port is None:
+        return False
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            with contextlib.suppress(psutil.Error):
+                return any(session in a for a in psutil.Process(conn.pid).cmdline())
+    return False
+
+
+def cluster_resources() -> dict[str, float] | None:
+    """Logical CPU/GPU totals of the running Ray cluster (from `ray status`); None if none runs."""
+    proc = _run([_bin("ray"), "status", "--address", HEAD_ADDRESS], check=False)
+    if proc.returncode != 0:
+        return None
+    totals: dict[str, float] = {}
+    for _, total, name in re.findall(r"([\d.]+)/([\d.]+)\s+(CPU|GPU)\b", proc.stdout):
+        totals.setdefault(name, float(total))
+    return totals
+
+
+def serve_status(address: str = DASHBOARD) -> dict[str, Any] | None:
+    """`serve status` as a dict (applications, their deployments' replica states); None if down."""
+    proc = _run([_bin("serve"), "status", "--address", address], check=False)
+    if proc.returncode != 0:
+        return None
+    try:
+        return yaml.safe_load(proc.stdout) or {}
+    except yaml.YAMLError:
+        return None
+
+
+def serve_app_configs(address: str = DASHBOARD) -> list[dict[str, Any]]:
+    """The application configs Serve was last deployed with (`serve config`); [] if none."""
+    proc = _run([_bin("serve"), "config", "--address", address], check=False)
+    if proc.returncode != 0:
+        return []
+    try:
+        return [c for c in yaml.safe_load_all(proc.stdout) if isinstance(c, dict) and c.get("name")]
+    except yaml.YAMLError:
+        return []
+
+
+def _wait_for_dashboard(url: str, timeout_s: float = 120.0) -> None:
+    """`ray start` returns before the dashboard (which serves `serve deploy`) listens."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/api/version", timeout=5.0)  # any answer, even 401, means it is up
+            return
+        except httpx.HTTPError:
+            time.sleep(1.0)
+    raise ClusterError(
+        f"the Ray dashboard at {url} did not answer within {timeout_s:.0f}s;"
+        " see /tmp/ray/session_latest/logs/dashboard.log"
+    )
 
 
 def up(
@@ -133,12 +266,19 @@ def up(
             _bin("ray"),
             "start",
             "--head",
+            f"--port={HEAD_PORT}",
             "--disable-usage-stats",
             "--dashboard-host",
             "127.0.0.1",
             f"--num-cpus={num_cpus or os.cpu_count() or 2}",
         ]
-        _run(cmd)
+        _run(cmd, extra_env=RAY_START_ENV)
+        _wait_for_dashboard(dashboard)
+    if not address and not _dashboard_is_ours(dashboard):
+        raise ClusterError(
+            f"{dashboard} is not the dashboard of the local Ray head (another Ray instance on "
+            "this machine holds the port); stop it or pass --address"
+        )
     _run([_bin("serve"), "deploy", str(rendered), "--address", dashboard])
     url = _http_url(config)
     deadline = time.monotonic() + timeout_s
@@ -156,8 +296,24 @@ def up(
 
 
 def down(*, stop_ray: bool = True) -> None:
-    """Shut Serve down and stop the local Ray head (both idempotent)."""
-    if _ray_running():
+    """Shut Serve down and stop the local Ray head (both idempotent).
+
+    Only the head's own processes are ended (by pid), never other Ray instances.
+    """
+    import psutil
+
+    if _ray_running() and _dashboard_is_ours():
         _run([_bin("serve"), "shutdown", "-y", "--address", DASHBOARD], check=False)
     if stop_ray:
-        _run([_bin("ray"), "stop", "--force"], check=False)
+        procs = _head_processes()
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=20)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        current = Path("/tmp/ray/ray_current_cluster")  # what `ray stop` would also remove
+        with contextlib.suppress(OSError):
+            if current.read_text().strip().endswith(f":{HEAD_PORT}"):
+                current.unlink()

@@ -13,7 +13,7 @@ from ray.serve import Application
 
 from deployments.config import AppConfig, resolve_path
 from deployments.encoder.deployment import Encoder
-from deployments.retriever.deployment import ShardRetriever
+from deployments.retriever.deployment import bind_shard
 from deployments.router.deployment import Router
 from retrieval.shards import load_manifest
 
@@ -25,17 +25,11 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     cfg = AppConfig.model_validate(args or {})
     manifest = load_manifest(cfg.index_path)
     enc = cfg.encoder
-    encoder = Encoder.options(
-        num_replicas=enc.num_replicas,
-        max_ongoing_requests=enc.max_ongoing_requests,
-        ray_actor_options={"num_cpus": enc.num_cpus, "num_gpus": enc.num_gpus},
-    ).bind(enc.model_dump())
+    # Fixed num_replicas or autoscaling_config, GPUs and queue depth: see EncoderConfig.
+    encoder = Encoder.options(**enc.deployment_options()).bind(enc.model_dump())
     shards = [
-        ShardRetriever.options(
-            name=f"ShardRetriever-{i}",
-            max_ongoing_requests=cfg.retriever.max_ongoing_requests,
-            ray_actor_options={"num_cpus": cfg.retriever.num_cpus},
-        ).bind(str(cfg.index_path), i, cfg.retriever.model_dump(), manifest.dim)
+        # One replica each (it owns the shard's files); search settings apply in place.
+        bind_shard(str(cfg.index_path), i, cfg.retriever, manifest.dim)
         for i in range(manifest.n_shards)
     ]
     reranker = None

@@ -10,7 +10,7 @@ paths are resolved against the project root (the folder holding
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -19,7 +19,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 __all__ = [
     "PROJECT_ROOT",
     "AppConfig",
+    "EncoderAutoscalingConfig",
     "EncoderConfig",
+    "IndexBuildConfig",
     "RerankerConfig",
     "RetrieverConfig",
     "RouterConfig",
@@ -37,25 +39,76 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
+class EncoderAutoscalingConfig(_Section):
+    """Serve autoscaling of the encoder pool (`serve.config.AutoscalingConfig` fields)."""
+
+    min_replicas: int = Field(1, ge=0, le=64)
+    """Replicas kept when idle (0 scales to zero: the next request waits for a model load)."""
+    max_replicas: int = Field(4, ge=1, le=64)
+    """Most replicas; on GPU machines at most the GPUs you give the pool."""
+    target_ongoing_requests: float = Field(32, gt=0)
+    """Queued + running requests per replica the autoscaler aims for: about two batches' worth
+    (one running, one assembling), i.e. 2 x max_batch_tokens / tokens of a typical text. Lower
+    adds replicas that run half-empty batches; higher lets queues (and p99) grow first."""
+    upscale_delay_s: float = Field(10.0, ge=0)
+    """Load must stay above target this long before replicas are added."""
+    downscale_delay_s: float = Field(300.0, ge=0)
+    """Load must stay below target this long before replicas are removed (model loads are slow)."""
+
+    @model_validator(mode="after")
+    def _range(self) -> EncoderAutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                "encoder.autoscaling.max_replicas must be >= encoder.autoscaling.min_replicas"
+            )
+        return self
+
+
 class EncoderConfig(_Section):
     model: str = "all-MiniLM-L6-v2"
     """Sentence-transformers model: the offline name above, a local folder or a Hugging Face id."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the forward pass runs; `auto` picks CUDA when the replica sees a GPU."""
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """`auto`: fp16 on CUDA, fp32 on CPU. `bf16` on CPU is the fast path (bf16 autocast on
+    AVX-512-bf16 CPUs; `llmrec bench encoder` reports its cosine to fp32); fp16 is GPU-only."""
+    engine: Literal["auto", "torch", "onnx"] = "auto"
+    """Forward-pass runtime. `auto`: ONNX Runtime for fp32 on CPU (the model is exported at start
+    and checked against PyTorch to 1e-5; ~2x less CPU per text here), PyTorch otherwise."""
     num_replicas: int = Field(1, ge=1, le=64)
-    """Encoder replicas (fixed count; the load tester's sweeps vary it)."""
+    """Fixed replica count (the load tester's sweeps vary it); ignored when `autoscaling` is set."""
+    autoscaling: EncoderAutoscalingConfig | None = None
+    """When set, Serve autoscales the pool between its min and max replicas instead."""
     num_cpus: float = Field(0.5, gt=0)
     """Logical Ray CPUs each replica asks for (fractional so small machines can place the app)."""
     num_gpus: float = Field(0.0, ge=0)
-    """GPUs per replica: 1 on GPU machines, 0 on CPU."""
-    torch_threads: int = Field(2, ge=1)
-    """Intra-op threads of the forward pass on CPU; set to the physical cores a replica may use."""
+    """GPUs per replica: 1 on GPU machines (the replica then runs on CUDA), 0 on CPU."""
+    torch_threads: int = Field(1, ge=1)
+    """Intra-op threads of the forward pass on CPU. 1 unless the replica has cores to itself:
+    on a shared CPU, threads that wait for each other at every op burn the cores the proxy and
+    other replicas need (measured: ~2.7x CPU per request with 2 threads on 2 busy cores)."""
+    max_batch_tokens: int | None = Field(None, ge=8)
+    """Token budget of one batch: requests x longest request (padded tokens), summed over its
+    forward passes; `null` picks 512 on CPU replicas and 16384 on GPU replicas. A batch's forward
+    time is about budget / (tokens/s of the device), and requests queued behind it wait that
+    long, so keep it at the smallest batch that reaches the device's best tokens/s: on CPU
+    that is ~16 short texts (bigger batches were no cheaper per text and doubled p99), on a GPU
+    thousands of tokens. Tune with `llmrec bench encoder`; must be >= max_seq_length."""
     max_batch_size: int = Field(64, ge=1, le=1024)
-    """Most requests in one forward pass. Raise it while throughput grows and p99 holds."""
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
-    """How long a partial batch waits for more requests; ~ one forward pass of a small batch."""
+    """Request cap of one batch (short texts stop here before the token budget does)."""
+    batch_wait_timeout_s: float = Field(0.002, ge=0, le=1)
+    """Longest a request waits for its batch to fill while the model is idle: about the forward
+    time of a small batch. Requests queued behind a running batch never wait longer than it."""
+    pass_cost_tokens: int = Field(64, ge=0)
+    """Fixed cost of one forward pass, in tokens, used to split a batch by length: a group of
+    long texts gets its own pass when that saves more padded tokens than this. Measure it as
+    (time of a 1-text pass) x (tokens/s at a full batch); 0 splits at every length."""
+    cache_size: int = Field(10_000, ge=0)
+    """Entries of the LRU cache of query vectors, keyed by normalised text (0 disables it;
+    ~1.5 KB each for a 384-dim model)."""
     max_ongoing_requests: int = Field(256, ge=1)
-    """Requests a replica accepts at once; must be >= max_batch_size so batches can fill."""
+    """Requests a replica accepts at once: >= max_batch_size so batches can fill, ~2x so the
+    next batch assembles while one runs; beyond that requests only queue."""
     max_seq_length: int = Field(256, ge=8, le=8192)
     """Tokens kept per text; longer texts are truncated."""
     build_batch_size: int = Field(64, ge=1)
@@ -68,7 +121,63 @@ class EncoderConfig(_Section):
                 "encoder.max_ongoing_requests must be >= encoder.max_batch_size, "
                 "or batches can never fill"
             )
+        if self.max_batch_tokens is None:
+            self.max_batch_tokens = 16384 if self.num_gpus > 0 else 512
+        if self.max_batch_tokens < self.max_seq_length:
+            raise ValueError(
+                "encoder.max_batch_tokens must be >= encoder.max_seq_length, "
+                "or the longest text cannot fit in a batch"
+            )
+        if self.device == "cuda" and self.num_gpus == 0:
+            raise ValueError("encoder.device cuda needs encoder.num_gpus >= 1 (or device: auto)")
+        if self.device == "cpu" and self.num_gpus > 0:
+            raise ValueError("encoder.device cpu would leave encoder.num_gpus unused; set it to 0")
+        if self.precision == "fp16" and (self.device == "cpu" or self.num_gpus == 0):
+            raise ValueError("encoder.precision fp16 needs a GPU (num_gpus: 1); on CPU use bf16")
+        if self.engine == "onnx" and (self.num_gpus > 0 or self.precision in ("fp16", "bf16")):
+            raise ValueError("encoder.engine onnx runs fp32 on CPU; use engine: torch here")
+        scaling = self.autoscaling
+        if scaling is not None and scaling.target_ongoing_requests > self.max_ongoing_requests:
+            raise ValueError(
+                "encoder.autoscaling.target_ongoing_requests must be <= "
+                "encoder.max_ongoing_requests, or the target is never reached"
+            )
         return self
+
+    def deployment_options(self) -> dict[str, Any]:
+        """The Serve `.options(...)` of the encoder pool from this config."""
+        options: dict[str, Any] = {
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+        }
+        if self.autoscaling is not None:
+            options["autoscaling_config"] = self.autoscaling.model_dump()
+        else:
+            options["num_replicas"] = self.num_replicas
+        return options
+
+
+class IndexBuildConfig(_Section):
+    """What `llmrec build` writes per shard; recorded in the manifest (`index_type`, params)."""
+
+    type: Literal["auto", "flat", "hnsw", "ivfsq", "ivfpq"] = "auto"
+    """Index per shard; `auto` is exact (flat) up to 100k items per shard, else ivfsq."""
+    hnsw_m: int = Field(32, ge=4, le=128)
+    """HNSW links per node: ~8*M bytes of graph per vector; more recalls better, builds slower."""
+    hnsw_ef_construction: int = Field(80, ge=8, le=1024)
+    """HNSW build beam width; higher builds slower and gives a better graph."""
+    ivf_nlist: int = Field(0, ge=0, le=262_144)
+    """IVF lists per shard; 0 picks ~2*sqrt(items per shard), rounded to a power of two."""
+    sq_bits: Literal[4, 6, 8] = 8
+    """ivfsq: bits per dimension (8 keeps ~1/4 of float32 memory)."""
+    pq_m: int = Field(48, ge=1, le=1024)
+    """ivfpq: code bytes per vector (sub-quantizers); must divide the encoder dimension."""
+    pq_nbits: int = Field(8, ge=4, le=12)
+    """ivfpq: bits per sub-quantizer code."""
+    pq_refine: bool = False
+    """ivfpq: keep full vectors on disk (memory-mapped) and re-rank candidates exactly."""
+    train_size: int = Field(131_072, ge=256, le=10_000_000)
+    """Vectors sampled from the catalog to train IVF centroids and codebooks."""
 
 
 class RetrieverConfig(_Section):
@@ -80,6 +189,24 @@ class RetrieverConfig(_Section):
     """ANN candidates asked of every shard before fusion."""
     faiss_threads: int = Field(1, ge=1)
     """OpenMP threads per shard search; 1 keeps concurrent shards from oversubscribing cores."""
+    index: IndexBuildConfig = IndexBuildConfig()
+    """Build-time index choice (search-time knobs below apply without a rebuild)."""
+    nprobe: int = Field(16, ge=1, le=65_536)
+    """IVF lists probed per search (ivfsq, ivfpq); more recalls better, searches slower."""
+    ef_search: int = Field(64, ge=1, le=4096)
+    """HNSW search beam width; more recalls better, searches slower."""
+    refine_k_factor: float = Field(16.0, ge=1, le=256)
+    """ivfpq with refinement: compressed candidates per result re-ranked on full vectors."""
+    exact_filter_fraction: float = Field(0.02, ge=0, le=1)
+    """Filtered searches letting through less than this share of a shard's items scan exactly."""
+    snapshot_every: int = Field(1000, ge=1, le=10_000_000)
+    """Changes a shard takes (logged and replayed at load) before it writes a new snapshot."""
+    use_gpu: bool = True
+    """Search unfiltered flat/IVF queries on a GPU copy when faiss-gpu sees a GPU."""
+    upsert_max_items: int = Field(256, ge=1, le=10_000)
+    """Most items in one `POST /v1/items`."""
+    upsert_max_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
+    """Larger `POST /v1/items` bodies are refused with 413."""
 
 
 class RerankerConfig(_Section):
@@ -130,8 +257,19 @@ class RouterConfig(_Section):
     """Weight of the encoded query against the history profile when both are given."""
     cf_candidates: int = Field(50, ge=0, le=1000)
     """Collaborative (item-item) candidates per request."""
-    cf_weight: float = Field(0.3, ge=0, le=1)
-    """Weight of the normalised collaborative score in fusion (ANN gets 1 - cf_weight)."""
+    als_candidates: int = Field(50, ge=0, le=1000)
+    """ALS candidates per request (when the index has `als.npz`)."""
+    ann_weight: float = Field(0.5, ge=0, le=10)
+    """Fusion weight of the profile-item cosine (only ratios between fusion weights matter)."""
+    cf_weight: float = Field(0.25, ge=0, le=10)
+    """Fusion weight of the item-kNN score, normalised to the user's best (0..1)."""
+    als_weight: float = Field(1.0, ge=0, le=10)
+    """Fusion weight of the ALS score, clipped at 0 and normalised to the user's best (0..1)."""
+    popularity_weight: float = Field(0.1, ge=0, le=10)
+    """Fusion weight of log-popularity, normalised to the most popular item (0..1)."""
+    use_tuned_fusion: bool = True
+    """Use `index/fusion.json` (written by `llmrec eval --tune`) instead of the four weights
+    above and `reranker.rerank_weight`, when the file exists."""
     max_history: int = Field(50, ge=1, le=1000)
     """Most recent history items used to build the profile."""
     explain_top: int = Field(10, ge=1, le=100)

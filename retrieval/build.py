@@ -1,4 +1,4 @@
-"""`llmrec build`: encode a catalog and write its FAISS shards and collaborative model."""
+"""`llmrec build`: encode a catalog and write its FAISS shards and collaborative models."""
 
 from __future__ import annotations
 
@@ -7,18 +7,29 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from retrieval.collab import ItemKNN
+from retrieval.collab import AlsModel, ItemKNN
 from retrieval.encoder import Encoder
+from retrieval.index_types import IndexSpec
 from retrieval.shards import Manifest, build_shards
 
-__all__ = ["CF_NAME", "build_index", "item_texts", "load_cf"]
+__all__ = [
+    "ALS_NAME",
+    "CF_NAME",
+    "build_index",
+    "fit_collaborative",
+    "item_texts",
+    "load_als",
+    "load_cf",
+]
 
 log = logging.getLogger(__name__)
 
 CF_NAME = "cf.npz"
+ALS_NAME = "als.npz"
 
 
 def item_texts(titles: list[str], texts: list[str]) -> list[str]:
@@ -35,11 +46,17 @@ def build_index(
     n_shards: int = 4,
     batch_size: int = 64,
     progress: bool = True,
+    index: IndexSpec | None = None,
 ) -> Manifest:
     """Encode `data_dir/catalog.parquet` in batches and write `data_dir/index/`.
 
+    `index` picks the shard index type and its build params (default: `auto`,
+    exact up to 100k items per shard). A rebuild starts from the catalog file:
+    items changed through the API since the last build are not in it.
+
     Writes the shards (atomically, see `build_shards`) and, when
-    `interactions.parquet` exists, the item-item model `index/cf.npz`.
+    `interactions.parquet` exists, the item-item model `index/cf.npz` and the
+    ALS model `index/als.npz` (see `fit_collaborative`).
     """
     data_dir = Path(data_dir)
     catalog = pq.read_table(data_dir / "catalog.parquet")
@@ -52,19 +69,41 @@ def build_index(
             bar.update(len(batch))
     vectors = np.concatenate(chunks) if chunks else np.zeros((0, encoder.dim), np.float32)
     manifest = build_shards(
-        catalog, vectors, data_dir / "index", n_shards=n_shards, encoder_id=encoder.model_id
+        catalog,
+        vectors,
+        data_dir / "index",
+        n_shards=n_shards,
+        encoder_id=encoder.model_id,
+        index=index or IndexSpec(),
+        progress=progress,
     )
     interactions_path = data_dir / "interactions.parquet"
     if interactions_path.exists():
         interactions = pq.read_table(interactions_path, columns=["user_id", "item_id"])
-        cf = ItemKNN.fit(interactions, catalog["item_id"].to_pylist())
-        tmp = data_dir / "index" / f".{CF_NAME}.tmp.npz"
-        cf.save(tmp)
-        os.replace(tmp, data_dir / "index" / CF_NAME)
+        cf, als = fit_collaborative(interactions, catalog["item_id"].to_pylist())
+        for name, model in ((CF_NAME, cf), (ALS_NAME, als)):
+            tmp = data_dir / "index" / f".{name}.tmp.npz"
+            model.save(tmp)
+            os.replace(tmp, data_dir / "index" / name)
     return manifest
+
+
+def fit_collaborative(interactions: pa.Table, item_ids: list[str]) -> tuple[ItemKNN, AlsModel]:
+    """Item-kNN (with popularity) and ALS fit on an interactions table (user_id, item_id).
+
+    The one recipe shared by `llmrec build` and `llmrec eval`, so an offline
+    evaluation measures the models the service loads.
+    """
+    return ItemKNN.fit(interactions, item_ids), AlsModel.fit(interactions, item_ids)
 
 
 def load_cf(index_dir: Path) -> ItemKNN | None:
     """The collaborative model beside the shards, or None when the build had no interactions."""
     path = Path(index_dir) / CF_NAME
     return ItemKNN.load(path) if path.exists() else None
+
+
+def load_als(index_dir: Path) -> AlsModel | None:
+    """The ALS model beside the shards, or None when the build had no interactions."""
+    path = Path(index_dir) / ALS_NAME
+    return AlsModel.load(path) if path.exists() else None

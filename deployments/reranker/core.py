@@ -30,6 +30,7 @@ from deployments.reranker.prompts import (
 from retrieval.models import resolve_llm
 
 __all__ = [
+    "PLAIN_SENTENCE",
     "EngineFailed",
     "PromptTooLong",
     "RerankEngine",
@@ -41,6 +42,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _TOP_LOGPROBS = 20
+PLAIN_SENTENCE = r"[^\"“”<>\n]{3,300}[.!?]"
+"""What `VllmEngine.generate` may produce: one sentence without quotes, markup or newlines."""
 _HEALTH_PROBE = [{"role": "user", "content": "Say OK."}]
 _UNSCORED_STEP = 1e-3
 _T = TypeVar("_T")
@@ -94,6 +97,9 @@ class VllmEngine:
     vLLM takes `config.gpu_memory_utilization` of the device memory. Scoring
     returns the logprobs of exactly the single-letter tokens (bare and with a
     leading space) rather than the top 20, so no candidate letter is missing.
+    Generation is constrained (vLLM structured outputs, regex `PLAIN_SENTENCE`)
+    to one sentence of plain text: no quotes, markup or line breaks can be
+    produced, so a reason cannot quote an invented title or inject a tag.
     """
 
     def __init__(self, config: RerankerConfig, model: str) -> None:
@@ -191,12 +197,13 @@ class VllmEngine:
 
     async def generate(self, messages: list[dict[str, str]], max_tokens: int) -> str:
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature=0.0,
             stop=["\n"],
+            structured_outputs=StructuredOutputsParams(regex=PLAIN_SENTENCE),
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         out = await self._final(messages, params)
@@ -236,13 +243,15 @@ class RerankerCore:
         query: str | None,
         candidates: Sequence[Candidate],
         retrieval_scores: Sequence[float],
+        weight: float | None = None,
     ) -> list[tuple[int, float]]:
         """`(candidate index, score)` for every candidate, best first.
 
         The `config.max_candidates` best by retrieval score are lettered into
         one prompt and scored in a single forward step; their score is the
         blend of normalised retrieval and letter log-probability scores (0..1,
-        weight `config.rerank_weight`). The others follow in retrieval order
+        weight `weight`, else `config.rerank_weight`; the router passes the
+        weight tuned by `llmrec eval --tune`). The others follow in retrieval order
         with scores just below the lowest blended one. Raises `ValueError` when
         the lists differ in length, `RerankFailed` when the engine fails.
         """
@@ -255,7 +264,8 @@ class RerankerCore:
             scored = [(i, 1.0) for i in head]
         else:
             llm = await self._score_letters(history_titles, query, [candidates[i] for i in head])
-            blended = blend([retrieval_scores[i] for i in head], llm, self.config.rerank_weight)
+            share = self.config.rerank_weight if weight is None else weight
+            blended = blend([retrieval_scores[i] for i in head], llm, share)
             order = sorted(range(len(head)), key=lambda j: -blended[j])
             scored = [(head[j], blended[j]) for j in order]
         lowest = scored[-1][1] if scored else 0.0

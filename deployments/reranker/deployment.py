@@ -29,8 +29,9 @@ class Reranker:
         query: str | None,
         candidates: list[Candidate],
         retrieval_scores: list[float],
+        weight: float | None = None,
     ) -> list[tuple[int, float]]:
-        return await self.core.rerank(history_titles, query, candidates, retrieval_scores)
+        return await self.core.rerank(history_titles, query, candidates, retrieval_scores, weight)
 
     async def explain(
         self,

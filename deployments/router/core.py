@@ -7,15 +7,26 @@ The stages and their deadline rules:
 2. encode the query (concurrently with 1) and build the profile.
 3. retrieve: every shard searched concurrently with what is left of the
    deadline; a late or failed shard is named in `degraded` (`shard-N`).
-   Collaborative candidates join; cold users with no query get popularity.
+   Item-kNN and ALS candidates join; every candidate gets the four features
+   of `retrieval.fusion` (cosine, item-kNN, ALS, popularity) and their
+   weighted sum is its score. Cold users with no query get popularity.
 4. rerank the top candidates with the LLM, then explain the final items;
    either is skipped (and named in `degraded`) when it fails or would miss
    the deadline. Only when nothing at all can be returned is it an error.
+   A fusion whose rerank weight is 0 skips the LLM call (it could not
+   change the order); the answer then says `reranked: false`.
+
+The fusion weights come from `index/fusion.json` (`llmrec eval --tune`) when
+the deployment passes them in, else from `RouterConfig`. They are tuned on
+history-only requests; a request with a `query` drops the popularity weight
+and lifts the cosine weight to at least the collaborative weights' sum, so
+the stated intent leads (`RouterCore.query_fusion`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,16 +35,24 @@ from typing import Protocol
 
 import numpy as np
 
-from deployments.config import AppConfig
-from deployments.errors import DeadlineExceeded, NotFound, Unavailable
+from deployments.config import AppConfig, RouterConfig
+from deployments.errors import BackendFailed, DeadlineExceeded, NotFound, Unavailable
 from deployments.reranker.prompts import Candidate
 from deployments.router.schemas import RecommendedItem, RecommendRequest, RecommendResponse
-from retrieval.collab import ItemKNN
+from retrieval.collab import AlsModel, ItemKNN
+from retrieval.fusion import FEATURES, FusionWeights, fuse
 from retrieval.merge import merge_top_k
 from retrieval.profiles import blend_query, user_profile
 from retrieval.shards import Hit, shard_of
 
-__all__ = ["RouterCore", "ShardClient", "RerankClient"]
+__all__ = [
+    "Answer",
+    "PoolEntry",
+    "RerankClient",
+    "RouterCore",
+    "ShardClient",
+    "fusion_from_config",
+]
 
 EncodeFn = Callable[[str], Awaitable[np.ndarray]]
 
@@ -49,12 +68,21 @@ class ShardClient(Protocol):
 
 
 class RerankClient(Protocol):
+    """The reranker as the router sees it (a Serve handle or a local `RerankerCore`).
+
+    `rerank` returns `(candidate index, score)` for every candidate, best first;
+    when `weight` is given it replaces the reranker's configured LLM share of
+    the blend. `explain` returns `(text, grounded)` per item. Failures raise
+    `RuntimeError`/`ConnectionError`/`TimeoutError`, which the router degrades.
+    """
+
     async def rerank(
         self,
         history_titles: list[str],
         query: str | None,
         candidates: list[Candidate],
         retrieval_scores: list[float],
+        weight: float | None = None,
     ) -> list[tuple[int, float]]: ...
 
     async def explain(
@@ -66,14 +94,48 @@ class RerankClient(Protocol):
     ) -> list[tuple[str, bool]]: ...
 
 
+_ANN, _KNN, _ALS, _POP = range(len(FEATURES))
+_STAGE_ERRORS = (TimeoutError, RuntimeError, ConnectionError, BackendFailed)
+
+
 @dataclass
 class _Candidate:
     hit: Hit
-    cosine: float
-    cf: float = 0.0
-    popular: float = 0.0
+    features: np.ndarray  # FEATURES order
     sources: list[str] = field(default_factory=list)
     score: float = 0.0
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    """One fused candidate before ordering: its features (`FEATURES` order) and sources."""
+
+    item_id: str
+    features: tuple[float, ...]
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response plus, per item, whether its explanation passed validation.
+
+    `grounded[i]` is True for a validated generated explanation, False for a
+    template reason that replaced an invalid one (or where nothing could be
+    named), None where no explanation was made.
+    """
+
+    response: RecommendResponse
+    grounded: list[bool | None]
+
+
+def fusion_from_config(config: RouterConfig) -> FusionWeights:
+    """The fusion weights `RouterConfig` names (used when no `fusion.json` is given)."""
+    return FusionWeights(
+        ann=config.ann_weight,
+        item_knn=config.cf_weight,
+        als=config.als_weight,
+        popularity=config.popularity_weight,
+    )
 
 
 class _Clock:
@@ -90,7 +152,12 @@ class _Clock:
 
 
 class RouterCore:
-    """Answers `RecommendRequest`s. Backends come in through the constructor."""
+    """Answers `RecommendRequest`s. Backends and models come in through the constructor.
+
+    `cf` (item-kNN, also the popularity ranking) and `als` are optional; a
+    missing model contributes zero to its feature. `fusion` defaults to the
+    weights in `config.router` (see `fusion_from_config`).
+    """
 
     def __init__(
         self,
@@ -100,6 +167,8 @@ class RouterCore:
         shards: Sequence[ShardClient],
         reranker: RerankClient | None = None,
         cf: ItemKNN | None = None,
+        als: AlsModel | None = None,
+        fusion: FusionWeights | None = None,
         histories: dict[str, list[str]] | None = None,
     ) -> None:
         self.config = config
@@ -107,13 +176,76 @@ class RouterCore:
         self.shards = list(shards)
         self.reranker = reranker
         self.cf = cf
+        self.als = als
+        self.fusion = fusion if fusion is not None else fusion_from_config(config.router)
         self.histories = histories or {}
+        self._popularity = cf.popularity_feature() if cf is not None else None
+        f = self.fusion
+        # A query states what the user wants now: the cosine to the query-blended profile
+        # must count at least as much as the collaborative scores, and popularity not at all.
+        self.query_fusion = dataclasses.replace(
+            f, ann=max(f.ann, f.item_knn + f.als, 1e-6), popularity=0.0
+        )
 
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
-        cfg = self.config.router
-        clock = _Clock(req.deadline_ms or cfg.default_deadline_ms)
-        degraded: list[str] = []
+        """The answer to `req` (see the module docstring for the stages and their errors)."""
+        return (await self.answer(req)).response
 
+    async def answer(self, req: RecommendRequest) -> Answer:
+        """`recommend`, plus whether each explanation passed validation."""
+        clock = _Clock(req.deadline_ms or self.config.router.default_deadline_ms)
+        degraded: list[str] = []
+        history_ids, history, candidates = await self._candidates(req, clock, degraded)
+        ranked = sorted(candidates, key=lambda c: -c.score)
+
+        reranked = False
+        history_hits = [history[i][0] for i in history_ids]
+        if req.rerank and ranked:
+            ranked, reranked = await self._rerank(ranked, history_hits, req.query, clock, degraded)
+        final = ranked[: req.k]
+        explained: list[tuple[str, bool] | None] = [None] * len(final)
+        if req.explain and final:
+            explained = await self._explain(final, history_hits, req.query, clock, degraded)
+
+        clock.timings["total"] = round((time.perf_counter() - clock.start) * 1000.0, 2)
+        response = RecommendResponse(
+            items=[
+                RecommendedItem(
+                    item_id=c.hit.item_id,
+                    title=c.hit.title,
+                    score=round(c.score, 6),
+                    sources=c.sources,
+                    categories=c.hit.categories,
+                    explanation=e[0] if e else None,
+                )
+                for c, e in zip(final, explained, strict=True)
+            ],
+            reranked=reranked,
+            degraded=degraded,
+            timings_ms=clock.timings,
+            request_id=uuid.uuid4().hex,
+        )
+        return Answer(response, [e[1] if e else None for e in explained])
+
+    async def candidate_pool(self, req: RecommendRequest) -> list[PoolEntry]:
+        """The candidates of `req` with their fusion features, before ordering.
+
+        The same stages and errors as `recommend` up to retrieval; for offline
+        tuning of the fusion weights (`llmrec eval --tune`), which re-scores
+        one pool per user under many weightings.
+        """
+        clock = _Clock(req.deadline_ms or self.config.router.default_deadline_ms)
+        _, _, candidates = await self._candidates(req, clock, [])
+        return [
+            PoolEntry(c.hit.item_id, tuple(float(f) for f in c.features), tuple(c.sources))
+            for c in candidates
+        ]
+
+    async def _candidates(
+        self, req: RecommendRequest, clock: _Clock, degraded: list[str]
+    ) -> tuple[list[str], dict[str, tuple[Hit, np.ndarray]], list[_Candidate]]:
+        """History ids, their rows and vectors, and the scored candidate pool of `req`."""
+        cfg = self.config.router
         t = time.perf_counter()
         stored = self.histories.get(req.user_id, []) if req.user_id else []
         history_ids = list(dict.fromkeys(stored + list(req.history or [])))[-cfg.max_history :]
@@ -141,41 +273,14 @@ class RouterCore:
             candidates = await self._popular(req.k, seen, categories, clock, degraded)
         else:
             vector = blend_query(profile, query_vec, cfg.query_weight)
+            weights = self.fusion if query_vec is None else self.query_fusion
             candidates = await self._retrieve(
-                vector, history_ids, seen, categories, req.k, clock, degraded
+                vector, history_ids, seen, categories, req.k, weights, clock, degraded
             )
         clock.lap("retrieve", t)
         if not candidates and any(d.startswith("shard-") for d in degraded):
             raise DeadlineExceeded("no shard answered within the deadline")
-        ranked = sorted(candidates, key=lambda c: -c.score)
-
-        reranked = False
-        history_hits = [history[i][0] for i in history_ids]
-        if req.rerank and ranked:
-            ranked, reranked = await self._rerank(ranked, history_hits, req.query, clock, degraded)
-        final = ranked[: req.k]
-        explanations: list[str | None] = [None] * len(final)
-        if req.explain and final:
-            explanations = await self._explain(final, history_hits, req.query, clock, degraded)
-
-        clock.timings["total"] = round((time.perf_counter() - clock.start) * 1000.0, 2)
-        return RecommendResponse(
-            items=[
-                RecommendedItem(
-                    item_id=c.hit.item_id,
-                    title=c.hit.title,
-                    score=round(c.score, 6),
-                    sources=c.sources,
-                    categories=c.hit.categories,
-                    explanation=e,
-                )
-                for c, e in zip(final, explanations, strict=True)
-            ],
-            reranked=reranked,
-            degraded=degraded,
-            timings_ms=clock.timings,
-            request_id=uuid.uuid4().hex,
-        )
+        return history_ids, history, candidates
 
     async def _within(self, awaitable: Awaitable, clock: _Clock):
         try:
@@ -213,6 +318,40 @@ class RouterCore:
             found.update(part)
         return found
 
+    def _collaborative(
+        self, history_ids: list[str], seen: list[str]
+    ) -> tuple[dict[str, Callable[[str], float]], dict[str, list[str]]]:
+        """Per model (`cf`, `als`): a normalised-score lookup by item id and its own top items.
+
+        Scores are divided by the user's best unseen score (ALS clipped at 0),
+        so 1.0 is the model's favourite and unknown or seen items score 0.
+        """
+        cfg = self.config.router
+        lookups: dict[str, Callable[[str], float]] = {}
+        tops: dict[str, list[str]] = {}
+        for name, model, n in (
+            ("cf", self.cf, cfg.cf_candidates),
+            ("als", self.als, cfg.als_candidates),
+        ):
+            if model is None or not history_ids:
+                continue
+            scores = np.maximum(model.scores(history_ids), 0.0)
+            scores[[model.index[i] for i in seen if i in model.index]] = 0.0
+            top = float(scores.max()) if len(scores) else 0.0
+            if top <= 0:
+                continue
+            scores = scores / top
+            lookups[name] = _score_lookup(model.index, scores)
+            best = np.argsort(-scores, kind="stable")[:n]
+            tops[name] = [model.item_ids[i] for i in best if scores[i] > 0]
+        return lookups, tops
+
+    def _popularity_of(self, item_id: str) -> float:
+        if self._popularity is None or self.cf is None:
+            return 0.0
+        pos = self.cf.index.get(item_id)
+        return float(self._popularity[pos]) if pos is not None else 0.0
+
     async def _retrieve(
         self,
         vector: np.ndarray,
@@ -220,39 +359,46 @@ class RouterCore:
         seen: list[str],
         categories: list[str] | None,
         k: int,
+        weights: FusionWeights,
         clock: _Clock,
         degraded: list[str],
     ) -> list[_Candidate]:
-        cfg = self.config
-        n = max(k, cfg.retriever.candidates)
+        n = max(k, self.config.retriever.candidates)
         calls = {
             s: shard.search(vector, n, seen, categories) for s, shard in enumerate(self.shards)
         }
         results = await self._gather_shards(calls, clock, degraded)
         pool = {
-            hit.item_id: _Candidate(hit=hit, cosine=hit.score, sources=["ann"])
+            hit.item_id: _Candidate(hit=hit, features=_features(ann=hit.score), sources=["ann"])
             for hit in merge_top_k(results.values(), n)
         }
-        if self.cf is not None and history_ids and cfg.router.cf_candidates:
-            cf_hits = self.cf.recommend(history_ids, cfg.router.cf_candidates, exclude=seen)
-            top = cf_hits[0][1] if cf_hits else 1.0
-            new = [i for i, _ in cf_hits if i not in pool]
-            rows = await self._lookup(new, clock, degraded) if new else {}
-            for item_id, score in cf_hits:
+        lookups, tops = self._collaborative(history_ids, seen)
+        proposed = list(dict.fromkeys(i for ids in tops.values() for i in ids))
+        new = [i for i in proposed if i not in pool]
+        rows = await self._lookup(new, clock, degraded) if new else {}
+        for item_id in new:
+            if item_id not in rows:
+                continue
+            hit, vec = rows[item_id]
+            if categories and not set(categories) & set(hit.categories):
+                continue
+            pool[item_id] = _Candidate(hit=hit, features=_features(ann=float(vec @ vector)))
+        for source, ids in tops.items():
+            for item_id in ids:
                 if item_id in pool:
-                    pool[item_id].cf = score / top
-                    pool[item_id].sources.append("cf")
-                elif item_id in rows:
-                    hit, vec = rows[item_id]
-                    if categories and not set(categories) & set(hit.categories):
-                        continue
-                    pool[item_id] = _Candidate(
-                        hit=hit, cosine=float(vec @ vector), cf=score / top, sources=["cf"]
-                    )
-        w = cfg.router.cf_weight if self.cf is not None and history_ids else 0.0
-        for c in pool.values():
-            c.score = (1.0 - w) * c.cosine + w * c.cf
-        return list(pool.values())
+                    pool[item_id].sources.append(source)
+        candidates = list(pool.values())
+        for c in candidates:
+            item_id = c.hit.item_id
+            for column, name in ((_KNN, "cf"), (_ALS, "als")):
+                if name in lookups:
+                    c.features[column] = lookups[name](item_id)
+            c.features[_POP] = self._popularity_of(item_id)
+        if candidates:
+            scores = fuse(np.stack([c.features for c in candidates]), weights)
+            for c, score in zip(candidates, scores, strict=True):
+                c.score = float(score)
+        return candidates
 
     async def _popular(
         self,
@@ -278,7 +424,10 @@ class RouterCore:
                 continue
             out.append(
                 _Candidate(
-                    hit=hit, cosine=0.0, popular=pop / top, sources=["popular"], score=pop / top
+                    hit=hit,
+                    features=_features(popularity=self._popularity_of(item_id)),
+                    sources=["popular"],
+                    score=pop / top,
                 )
             )
             if len(out) == want:
@@ -293,22 +442,27 @@ class RouterCore:
         clock: _Clock,
         degraded: list[str],
     ) -> tuple[list[_Candidate], bool]:
+        weight = self.fusion.rerank
+        if weight == 0.0:
+            return ranked, False  # tuned off: the LLM could not change the order
         if self.reranker is None:
             degraded.append("rerank")
             return ranked, False
         t = time.perf_counter()
         head = ranked[: self.config.reranker.max_candidates]
+        args: tuple = (
+            [h.title for h in history],
+            query,
+            [_as_prompt_item(c.hit) for c in head],
+            [c.score for c in head],
+        )
+        if weight is not None:
+            args = (*args, weight)
         try:
             order = await asyncio.wait_for(
-                self.reranker.rerank(
-                    [h.title for h in history],
-                    query,
-                    [_as_prompt_item(c.hit) for c in head],
-                    [c.score for c in head],
-                ),
-                timeout=max(clock.left(), 0.001),
+                self.reranker.rerank(*args), timeout=max(clock.left(), 0.001)
             )
-        except (TimeoutError, RuntimeError, ConnectionError):
+        except _STAGE_ERRORS:
             degraded.append("rerank")
             clock.lap("rerank", t)
             return ranked, False
@@ -325,7 +479,7 @@ class RouterCore:
         query: str | None,
         clock: _Clock,
         degraded: list[str],
-    ) -> list[str | None]:
+    ) -> list[tuple[str, bool] | None]:
         if self.reranker is None:
             degraded.append("explain")
             return [None] * len(final)
@@ -341,12 +495,27 @@ class RouterCore:
                 ),
                 timeout=max(clock.left(), 0.001),
             )
-        except (TimeoutError, RuntimeError, ConnectionError):
+        except _STAGE_ERRORS:
             degraded.append("explain")
             clock.lap("explain", t)
             return [None] * len(final)
         clock.lap("explain", t)
-        return [text for text, _grounded in out] + [None] * (len(final) - n)
+        explained: list[tuple[str, bool] | None] = [(text, bool(ok)) for text, ok in out]
+        return explained + [None] * (len(final) - n)
+
+
+def _score_lookup(index: dict[str, int], scores: np.ndarray) -> Callable[[str], float]:
+    def score(item_id: str) -> float:
+        pos = index.get(item_id)
+        return float(scores[pos]) if pos is not None else 0.0
+
+    return score
+
+
+def _features(ann: float = 0.0, popularity: float = 0.0) -> np.ndarray:
+    f = np.zeros(len(FEATURES), dtype=np.float64)
+    f[_ANN], f[_POP] = ann, popularity
+    return f
 
 
 def _as_prompt_item(hit: Hit) -> Candidate:

@@ -15,10 +15,17 @@ from ray.serve.handle import DeploymentHandle
 from deployments.config import AppConfig
 from deployments.errors import BackendFailed, LlmrecError, NotFound
 from deployments.router.core import RouterCore
-from deployments.router.http import check_auth, error_response, parse_recommend, recommend_response
-from retrieval.build import load_cf
+from deployments.router.http import (
+    check_auth,
+    error_response,
+    parse_items,
+    parse_recommend,
+    recommend_response,
+)
+from retrieval.build import item_texts, load_als, load_cf
+from retrieval.fusion import load_fusion
 from retrieval.profiles import histories_from_log
-from retrieval.shards import shard_of
+from retrieval.shards import Item, shard_of
 
 __all__ = ["Router", "api"]
 
@@ -74,6 +81,11 @@ class Router:
             shards=self.shards,
             reranker=self.reranker,
             cf=load_cf(self.config.index_path),
+            als=load_als(self.config.index_path),
+            # Tuned weights from `llmrec eval --tune`; RouterConfig's when absent or disabled.
+            fusion=(
+                load_fusion(self.config.index_path) if self.config.router.use_tuned_fusion else None
+            ),
             histories=self.histories,
         )
 
@@ -114,6 +126,62 @@ class Router:
         except LlmrecError as exc:
             return error_response(exc)
 
+    @api.post("/v1/items")
+    async def upsert_items(self, request: Request) -> Response:
+        """Add or replace items: encoded by the encoder pool, written to their owning shards.
+
+        Each shard has the change durable and searchable before it answers. When a
+        shard fails the answer is 502 naming it; the others kept their part, and
+        sending the same request again is safe (an upsert replaces).
+        """
+        try:
+            check_auth(request.headers, self.config.router.api_keys)
+            rc = self.config.retriever
+            req = parse_items(await request.body(), rc.upsert_max_bytes, rc.upsert_max_items)
+            texts = item_texts([i.title for i in req.items], [i.text for i in req.items])
+            vectors = await asyncio.gather(*(self._encode(t) for t in texts))
+            by_shard: dict[int, list[int]] = {}
+            for n, item in enumerate(req.items):
+                by_shard.setdefault(shard_of(item.item_id, len(self.shards)), []).append(n)
+            results = await asyncio.gather(
+                *(
+                    self.shards[s].upsert(
+                        [Item(**req.items[n].model_dump()) for n in rows],
+                        np.stack([vectors[n] for n in rows]),
+                    )
+                    for s, rows in by_shard.items()
+                ),
+                return_exceptions=True,
+            )
+            failed = []
+            for s, result in zip(by_shard, results, strict=True):
+                if isinstance(result, ConnectionError):
+                    failed.append(f"shard-{s}")
+                elif isinstance(result, BaseException):
+                    raise result
+            if failed:
+                raise BackendFailed(
+                    f"{', '.join(failed)} did not take the items (the other shards did); "
+                    "sending the request again is safe"
+                )
+            return JSONResponse({"upserted": [i.item_id for i in req.items]})
+        except LlmrecError as exc:
+            return error_response(exc)
+
+    @api.delete("/v1/items/{item_id}")
+    async def delete_item(self, item_id: str, request: Request) -> Response:
+        """Delete one item from its shard; 404 when no shard has it."""
+        try:
+            check_auth(request.headers, self.config.router.api_keys)
+            shard = self.shards[shard_of(item_id, len(self.shards))]
+            if not await shard.delete([item_id]):
+                raise NotFound(f"unknown item {item_id!r}", field="item_id")
+            return JSONResponse({"deleted": item_id})
+        except ConnectionError as exc:
+            return error_response(BackendFailed(str(exc)))
+        except LlmrecError as exc:
+            return error_response(exc)
+
     @api.get("/v1/health")
     async def health(self) -> Response:
         """Ready only when every deployment answers its real probe."""
@@ -138,4 +206,3 @@ class Router:
 
     def check_health(self) -> None:
         """Serve's liveness probe of the router itself (the deep probe is /v1/health)."""
-

@@ -7,20 +7,25 @@ without a cluster; the Serve deployment only wires them to routes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from deployments.errors import InvalidInput, LlmrecError, PayloadTooLarge, Unauthorized
-from deployments.router.schemas import RecommendRequest, RecommendResponse
+from deployments.router.schemas import RecommendRequest, RecommendResponse, UpsertItemsRequest
 
 __all__ = [
     "check_auth",
     "error_response",
+    "parse_items",
     "parse_recommend",
     "recommend_response",
     "server_timing",
 ]
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def check_auth(headers: Mapping[str, str], api_keys: list[str]) -> None:
@@ -37,18 +42,33 @@ def _field_path(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "body"
 
 
-def parse_recommend(body: bytes, max_bytes: int) -> RecommendRequest:
-    """Validate a recommend body; raises PayloadTooLarge or InvalidInput naming the field."""
+def _validate(model: type[M], body: bytes, max_bytes: int) -> M:
+    """Parse `body` as `model`; raises PayloadTooLarge or InvalidInput naming the field."""
     if len(body) > max_bytes:
         raise PayloadTooLarge(f"body is {len(body)} bytes, limit {max_bytes}")
     try:
-        return RecommendRequest.model_validate_json(body)
+        return model.model_validate_json(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         message = "; ".join(
             f"{_field_path(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
         )
         raise InvalidInput(message, field=_field_path(first["loc"])) from exc
+
+
+def parse_recommend(body: bytes, max_bytes: int) -> RecommendRequest:
+    """Validate a recommend body; raises PayloadTooLarge or InvalidInput naming the field."""
+    return _validate(RecommendRequest, body, max_bytes)
+
+
+def parse_items(body: bytes, max_bytes: int, max_items: int) -> UpsertItemsRequest:
+    """Validate a `POST /v1/items` body; PayloadTooLarge or InvalidInput naming the field."""
+    req = _validate(UpsertItemsRequest, body, max_bytes)
+    if len(req.items) > max_items:
+        raise InvalidInput(
+            f"items: {len(req.items)} items, at most {max_items} per request", field="items"
+        )
+    return req
 
 
 def server_timing(timings: Mapping[str, float]) -> str:

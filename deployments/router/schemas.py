@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["RecommendRequest", "RecommendResponse", "RecommendedItem", "Filters"]
+__all__ = [
+    "Filters",
+    "ItemIn",
+    "RecommendRequest",
+    "RecommendResponse",
+    "RecommendedItem",
+    "UpsertItemsRequest",
+]
 
 
 class _Strict(BaseModel):
@@ -49,3 +56,28 @@ class RecommendResponse(_Strict):
     degraded: list[str]
     timings_ms: dict[str, float]
     request_id: str
+
+
+class ItemIn(_Strict):
+    """One catalog item of `POST /v1/items`; it is encoded from its title and text."""
+
+    item_id: str = Field(min_length=1, max_length=128)
+    title: str = Field(min_length=1, max_length=1000)
+    text: str = Field("", max_length=20_000)
+    categories: list[str] = Field(default_factory=list, max_length=100)
+
+
+class UpsertItemsRequest(_Strict):
+    """`POST /v1/items`: add or replace items (each id at most once per request)."""
+
+    items: list[ItemIn] = Field(min_length=1)
+
+    @field_validator("items")
+    @classmethod
+    def _ids_unique(cls, items: list[ItemIn]) -> list[ItemIn]:
+        seen: set[str] = set()
+        for item in items:
+            if item.item_id in seen:
+                raise ValueError(f"item_id {item.item_id!r} appears more than once")
+            seen.add(item.item_id)
+        return items

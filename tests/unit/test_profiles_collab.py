@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from retrieval.collab import ItemKNN
+from retrieval.collab import AlsModel, ItemKNN
 from retrieval.profiles import blend_query, histories_from_log, recency_weights, user_profile
 
 
@@ -68,3 +68,27 @@ def test_item_knn_keeps_top_n_neighbours():
     pairs = [(str(u), "hub") for u in range(10)] + [(str(u), f"i{u}") for u in range(10)]
     knn = ItemKNN.fit(_log(pairs), ["hub"] + [f"i{u}" for u in range(10)], top_n=3)
     assert knn.neighbours[0].nnz == 3
+
+
+def test_item_knn_scores_and_popularity_feature():
+    log = _log([("1", "a"), ("1", "b"), ("2", "a"), ("3", "c")])
+    knn = ItemKNN.fit(log, ["a", "b", "c", "d"])
+    scores = knn.scores(["b"])
+    assert scores[0] > 0 and scores[2] == scores[3] == 0.0
+    half = np.log(2) / np.log(3)  # log1p(1) / log1p(2): one user against the top's two
+    np.testing.assert_allclose(knn.popularity_feature(), [1.0, half, half, 0.0], rtol=1e-6)
+    assert knn.scores(["unknown"]).sum() == 0.0
+
+
+def test_als_recommends_co_taken_items_and_round_trips(tmp_path):
+    # Two groups of users with disjoint tastes.
+    pairs = [(f"x{u}", i) for u in range(6) for i in ("a", "b", "c")]
+    pairs += [(f"y{u}", i) for u in range(6) for i in ("d", "e", "f")]
+    als = AlsModel.fit(_log(pairs), ["a", "b", "c", "d", "e", "f", "g"], factors=4, seed=1)
+    top = [i for i, _ in als.recommend(["a"], 2, exclude=["a"])]
+    assert set(top) == {"b", "c"}
+    assert als.scores(["nothing-known"]).sum() == 0.0
+    als.save(tmp_path / "als.npz")
+    again = AlsModel.load(tmp_path / "als.npz")
+    np.testing.assert_allclose(again.scores(["d"]), als.scores(["d"]), rtol=1e-5)
+    assert again.item_ids == als.item_ids

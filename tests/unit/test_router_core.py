@@ -5,16 +5,21 @@ tests/integration and tests/e2e.
 """
 
 import asyncio
+import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from deployments.config import AppConfig
+from deployments.config import AppConfig, RerankerConfig, RouterConfig
 from deployments.errors import DeadlineExceeded, NotFound
-from deployments.router.core import RouterCore
+from deployments.reranker.core import RerankerCore
+from deployments.reranker.prompts import Candidate
+from deployments.router.core import RouterCore, fusion_from_config
 from deployments.router.schemas import RecommendRequest
-from retrieval.collab import ItemKNN
+from retrieval.collab import AlsModel, ItemKNN
+from retrieval.fusion import FusionWeights
 from retrieval.shards import Shard
 from tests.factories import make_shards
 
@@ -39,7 +44,11 @@ class LocalShard:
 class ReverseReranker:
     """Puts the retrieval order upside down, so a rerank is visible."""
 
-    async def rerank(self, history_titles, query, candidates, retrieval_scores):
+    def __init__(self):
+        self.weights: list[float | None] = []
+
+    async def rerank(self, history_titles, query, candidates, retrieval_scores, weight=None):
+        self.weights.append(weight)
         n = len(candidates)
         return [(i, float(i)) for i in reversed(range(n))]
 
@@ -62,7 +71,17 @@ def world(tmp_path_factory):
     return vectors, shards, ItemKNN.fit(log, ids)
 
 
-def make_core(world, *, delays=(0, 0, 0, 0), fail=(), reranker=None, cf=True, histories=None):
+def make_core(
+    world,
+    *,
+    delays=(0, 0, 0, 0),
+    fail=(),
+    reranker=None,
+    cf=True,
+    histories=None,
+    als=None,
+    fusion=None,
+):
     vectors, shards, knn = world
 
     async def encode(text: str) -> np.ndarray:
@@ -78,6 +97,8 @@ def make_core(world, *, delays=(0, 0, 0, 0), fail=(), reranker=None, cf=True, hi
         shards=clients,
         reranker=reranker,
         cf=knn if cf else None,
+        als=als,
+        fusion=fusion,
         histories=histories or {},
     )
 
@@ -172,3 +193,136 @@ async def test_no_reranker_deployed_is_degraded(world):
         RecommendRequest(query="4", k=3, rerank=True, explain=True)
     )
     assert answer.degraded == ["rerank", "explain"]
+
+
+ANN_ONLY = FusionWeights(ann=1.0, item_knn=0.0, als=0.0, popularity=0.0)
+
+
+async def test_fusion_weights_change_the_order(world):
+    # Items 2 and 3 were taken with item 1 (by u1 and u2); their vectors are random, so
+    # only a collaborative weight puts them first.
+    vectors = world[0]
+    req = RecommendRequest(history=["1"], k=10)
+    nearest = await make_core(world, fusion=ANN_ONLY).recommend(req)
+    exact = [str(i + 1) for i in np.argsort(-(vectors @ vectors[0]))[1:11]]
+    assert ids(nearest) == exact
+    heavy = FusionWeights(ann=0.1, item_knn=1.0, als=0.0, popularity=0.0)
+    fused = await make_core(world, fusion=heavy).recommend(req)
+    assert set(ids(fused)[:2]) == {"2", "3"}  # the co-taken items lead
+    assert all("cf" in i.sources for i in fused.items[:2])
+
+
+async def test_popularity_weight_lifts_popular_candidates(world):
+    # "1" is the most popular item (2 users). Pick a history item (taken by nobody, so no
+    # collaborative signal) whose nearest items include "1", but low down.
+    vectors = world[0]
+    rank_of_1 = [int(np.flatnonzero(np.argsort(-(vectors @ q)) == 0)[0]) for q in vectors]
+    liked = next(q for q, r in enumerate(rank_of_1) if 10 <= r < 40 and q > 3)
+    req = RecommendRequest(history=[str(liked + 1)], k=50)
+    plain = await make_core(world, fusion=ANN_ONLY).recommend(req)
+    assert ids(plain).index("1") >= 10
+    popular = FusionWeights(ann=0.1, item_knn=0.0, als=0.0, popularity=10.0)
+    lifted = await make_core(world, fusion=popular).recommend(req)
+    assert ids(lifted)[0] == "1"
+
+
+async def test_a_query_outweighs_popularity(world):
+    # Tuned history weights may lean on popularity; a free-text query still gets its
+    # nearest items in cosine order.
+    vectors = world[0]
+    popular = FusionWeights(ann=0.1, item_knn=0.25, als=0.0, popularity=10.0)
+    answer = await make_core(world, fusion=popular).recommend(RecommendRequest(query="7", k=10))
+    exact = [str(i + 1) for i in np.argsort(-(vectors @ vectors[7]))[:10]]
+    assert ids(answer) == exact
+
+
+async def test_als_candidates_join_with_their_source(world):
+    vectors, _, knn = world
+    log = pa.table(
+        {"user_id": ["a", "a", "b", "b", "c", "c"], "item_id": ["1", "7", "1", "7", "5", "9"]}
+    )
+    als = AlsModel.fit(log, knn.item_ids, factors=4)
+    weights = FusionWeights(ann=0.01, item_knn=0.0, als=1.0, popularity=0.0)
+    answer = await make_core(world, als=als, fusion=weights).recommend(
+        RecommendRequest(history=["1"], k=3)
+    )
+    assert ids(answer)[0] == "7" and "als" in answer.items[0].sources
+
+
+async def test_candidate_pool_exposes_features_before_ordering(world):
+    core = make_core(world)
+    pool = await core.candidate_pool(RecommendRequest(history=["1"], k=10))
+    by_id = {p.item_id: p for p in pool}
+    assert "1" not in by_id and {"2", "3"} <= by_id.keys()
+    assert by_id["2"].features[1] == 1.0  # the best item-kNN score is normalised to 1
+    assert "cf" in by_id["2"].sources and len(pool) >= 50
+
+
+async def test_tuned_rerank_weight_zero_skips_the_llm(world):
+    reranker = ReverseReranker()
+    off = FusionWeights(rerank=0.0)
+    answer = await make_core(world, reranker=reranker, fusion=off, cf=False).recommend(
+        RecommendRequest(query="4", k=5, rerank=True)
+    )
+    assert not answer.reranked and answer.degraded == [] and reranker.weights == []
+
+
+async def test_tuned_rerank_weight_reaches_the_reranker(world):
+    reranker = ReverseReranker()
+    core = make_core(world, reranker=reranker, fusion=FusionWeights(rerank=0.3), cf=False)
+    answer = await core.recommend(RecommendRequest(query="4", k=5, rerank=True))
+    assert answer.reranked and reranker.weights == [0.3]
+    await make_core(world, reranker=reranker, cf=False).recommend(
+        RecommendRequest(query="4", k=5, rerank=True)
+    )
+    assert reranker.weights == [0.3, None]  # untuned: the reranker's own weight
+
+
+class InventingEngine:
+    """A scripted LLM: the first explanation names a title that exists nowhere."""
+
+    def __init__(self):
+        self.calls = 0
+
+    async def next_token_logprobs(self, messages):
+        return {" A": -0.1, " B": -2.0}
+
+    async def generate(self, messages, max_tokens):
+        self.calls += 1
+        if self.calls == 1:
+            return ' it is just like "The Invented Blockbuster" everyone loves.'
+        return " it tells a similar story with the same kind of characters."
+
+    def shutdown(self):
+        pass
+
+
+async def test_explanations_name_only_the_request_and_the_catalog(world):
+    engine = InventingEngine()
+    reranker = RerankerCore(RerankerConfig(), Path("/nonexistent"), engine=engine)
+    core = make_core(world, reranker=reranker, cf=False)
+    answer = await core.answer(RecommendRequest(history=["1", "5"], k=3, explain=True))
+    history_titles = {"Item 1", "Item 5"}
+    assert answer.grounded.count(False) == 1 and answer.grounded.count(True) == 2
+    for item, grounded in zip(answer.response.items, answer.grounded, strict=True):
+        assert item.explanation and "Invented" not in item.explanation
+        quoted = set(re.findall(r'"([^"]+)"', item.explanation))
+        assert quoted <= history_titles | {item.title}, item.explanation
+        assert grounded is not None
+
+
+def test_default_fusion_is_the_router_config():
+    assert fusion_from_config(RouterConfig()) == FusionWeights()
+    assert fusion_from_config(RouterConfig(cf_weight=0.9)).item_knn == 0.9
+
+
+async def test_reranker_blends_at_the_weight_the_router_passes():
+    class PrefersB(InventingEngine):
+        async def next_token_logprobs(self, messages):
+            return {" A": -3.0, " B": -0.1}
+
+    reranker = RerankerCore(RerankerConfig(rerank_weight=0.0), Path("/x"), engine=PrefersB())
+    items = [Candidate("1", "Item 1"), Candidate("2", "Item 2")]
+    assert [i for i, _ in await reranker.rerank(["Item 9"], None, items, [0.9, 0.8])] == [0, 1]
+    order = await reranker.rerank(["Item 9"], None, items, [0.9, 0.8], 1.0)
+    assert [i for i, _ in order] == [1, 0]

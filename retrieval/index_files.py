@@ -33,7 +33,13 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from retrieval.index_types import CHUNK, IndexSpec, ShardIndex, new_index, resolve_index
-from retrieval.integrity import IndexIntegrityError, fsync_dir, sha256_of, write_atomic
+from retrieval.integrity import (
+    IndexIntegrityError,
+    fsync_dir,
+    replace_atomically,
+    sha256_of,
+    write_atomic,
+)
 
 __all__ = [
     "MANIFEST_NAME",
@@ -161,16 +167,7 @@ def check_faiss_version(manifest: Manifest, path: Path) -> None:
 
 
 def write_rows(table: pa.Table, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_atomically(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def build_shards(

@@ -21,8 +21,6 @@ filtered query still fills k when k rows qualify.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from retrieval.integrity import IndexIntegrityError
+from retrieval.integrity import IndexIntegrityError, replace_atomically
 
 __all__ = [
     "AUTO_FLAT_MAX_PER_SHARD",
@@ -150,16 +148,7 @@ def new_index(kind: str, params: dict, dim: int, sample: np.ndarray | None = Non
 
 
 def _write_index(index: faiss.Index, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_atomically(path, lambda tmp: faiss.write_index(index, tmp))
 
 
 class ShardIndex:

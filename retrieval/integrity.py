@@ -5,9 +5,16 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["IndexIntegrityError", "fsync_dir", "sha256_of", "write_atomic"]
+__all__ = [
+    "IndexIntegrityError",
+    "fsync_dir",
+    "replace_atomically",
+    "sha256_of",
+    "write_atomic",
+]
 
 
 class IndexIntegrityError(RuntimeError):
@@ -32,17 +39,23 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename: readers see old or new."""
+def replace_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """Have `write(tmp_name)` fill a temporary file beside `path`, fsync it, rename it over
+    `path`: readers see the old file or the new one, never a partial one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename: readers see old or new."""
+    replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
+    fsync_dir(Path(path).parent)

@@ -42,7 +42,9 @@ def encoder_app(ray_cluster):
 
 def test_concurrent_callers_get_the_vectors_of_one_by_one_encoding(encoder_app, minilm):
     handle, _ = encoder_app
-    one_by_one = np.stack([minilm.encode([t])[0] for t in TEXTS])
+    one_by_one = np.stack(
+        [minilm.model.encode([t], normalize_embeddings=True)[0] for t in TEXTS]
+    )  # sentence-transformers itself, one text per call
     responses = [handle.encode.remote(t) for t in TEXTS]  # all in flight at once
     batched = np.stack([r.result(timeout_s=120) for r in responses])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)

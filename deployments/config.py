@@ -83,10 +83,12 @@ class EncoderConfig(_Section):
     """Logical Ray CPUs each replica asks for (fractional so small machines can place the app)."""
     num_gpus: float = Field(0.0, ge=0)
     """GPUs per replica: 1 on GPU machines (the replica then runs on CUDA), 0 on CPU."""
-    torch_threads: int = Field(1, ge=1)
-    """Intra-op threads of the forward pass on CPU. 1 unless the replica has cores to itself:
-    on a shared CPU, threads that wait for each other at every op burn the cores the proxy and
-    other replicas need (measured: ~2.7x CPU per request with 2 threads on 2 busy cores)."""
+    torch_threads: int = Field(2, ge=1)
+    """Intra-op threads of the forward pass on CPU (ONNX Runtime's or PyTorch's): the cores a
+    replica may use. On 2 cores, 2 threads served 190 rps at concurrency 64 against 156 with 1
+    (`llmrec bench encoder --set torch_threads=1`, ONNX Runtime, whose threads sleep rather than
+    spin between ops). Use 1 when other busy processes share the cores: there, PyTorch's
+    spinning threads cost ~2.7x CPU per request with 2 threads."""
     max_batch_tokens: int | None = Field(None, ge=8)
     """Token budget of one batch: requests x longest request (padded tokens), summed over its
     forward passes; `null` picks 512 on CPU replicas and 16384 on GPU replicas. A batch's forward

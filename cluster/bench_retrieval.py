@@ -292,6 +292,8 @@ async def _bench_variant(
 
 def run_bench(args: argparse.Namespace) -> dict:
     """Build, serve and measure every variant; returns the JSON document."""
+    # Before Ray is imported: Serve reads these when its modules load, in this process too.
+    os.environ.update(SERVE_MODES[args.serve_mode])
     import ray
     from ray import serve
 
@@ -305,19 +307,23 @@ def run_bench(args: argparse.Namespace) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
 
     async def run_all() -> list[BenchResult]:
-        # One event loop for every handle: the high-throughput mode ties handles to it.
-        out: list[BenchResult] = await _bench_floor(args, queries) if args.floor else []
-        for variant in variants:
-            out += await _bench_variant(variant, args, catalog, items, queries, truth, workdir)
+        # One event loop for every handle: the high-throughput mode ties handles to it, so
+        # Serve is also shut down on it (its handles cannot close once the loop has).
+        out: list[BenchResult] = []
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
+            if args.floor:
+                out += await _bench_floor(args, queries)
+            for variant in variants:
+                out += await _bench_variant(variant, args, catalog, items, queries, truth, workdir)
+        finally:
+            await serve.shutdown_async()
         return out
 
-    os.environ.update(SERVE_MODES[args.serve_mode])
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
         results = asyncio.run(run_all())
     finally:
-        serve.shutdown()
         ray.shutdown()
         if own_workdir and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -191,6 +191,11 @@ class RetrieverConfig(_Section):
     """ANN candidates asked of every shard before fusion."""
     faiss_threads: int = Field(1, ge=1)
     """OpenMP threads per shard search; 1 keeps concurrent shards from oversubscribing cores."""
+    inline_search_ms: float = Field(1.0, ge=0, le=1000)
+    """Searches that have recently taken less than this run on the replica's event loop; slower
+    ones run in a worker thread (FAISS releases the GIL) so the loop keeps taking requests. A
+    thread hop costs milliseconds on busy cores (waiting for the GIL), more than an HNSW or IVF
+    search over 250k items; 0 sends every search to a thread."""
     index: IndexBuildConfig = IndexBuildConfig()
     """Build-time index choice (search-time knobs below apply without a rebuild)."""
     nprobe: int = Field(16, ge=1, le=65_536)
@@ -244,7 +249,8 @@ class RerankerConfig(_Section):
 
 class RouterConfig(_Section):
     num_replicas: int = Field(1, ge=1, le=64)
-    """HTTP ingress replicas."""
+    """HTTP ingress replicas. Each holds user histories in its own memory, so feedback taken by
+    one replica reaches the others when they restart (they replay `feedback.jsonl`)."""
     num_cpus: float = Field(0.2, gt=0)
     """Logical Ray CPUs per router replica."""
     max_ongoing_requests: int = Field(256, ge=1)

@@ -26,7 +26,14 @@ log = logging.getLogger(__name__)
 
 PROBE_K = 10
 SEARCH_TIME_FIELDS = frozenset(
-    {"nprobe", "ef_search", "refine_k_factor", "exact_filter_fraction", "snapshot_every"}
+    {
+        "nprobe",
+        "ef_search",
+        "refine_k_factor",
+        "exact_filter_fraction",
+        "snapshot_every",
+        "inline_search_ms",
+    }
 )
 """RetrieverConfig fields a running shard applies in place (Serve `user_config`)."""
 

@@ -3,12 +3,15 @@
 A shard deployment owns its files (change log, snapshots) and must run exactly
 one replica; reads scale with more shards. Search-time settings arrive as the
 deployment's `user_config` and apply in place (`reconfigure`), without a reload.
-FAISS releases the GIL, so searches run in threads off the event loop.
+FAISS releases the GIL, so slow searches run in threads off the event loop; fast
+ones (see `RetrieverConfig.inline_search_ms`) run on it, where they cost less
+than the hop to a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 from ray import serve
@@ -18,7 +21,22 @@ from deployments.config import RetrieverConfig
 from deployments.retriever.core import ShardRetrieverCore, split_config
 from retrieval.shards import Hit, Item
 
-__all__ = ["ShardRetriever", "bind_shard"]
+__all__ = ["SearchTimer", "ShardRetriever", "bind_shard"]
+
+
+class SearchTimer:
+    """A moving average of search times that says whether the next search runs inline."""
+
+    def __init__(self, inline_below_s: float, smoothing: float = 0.1) -> None:
+        self.inline_below_s = inline_below_s
+        self.smoothing = smoothing
+        self.mean_s = 0.0
+
+    def inline(self) -> bool:
+        return self.mean_s < self.inline_below_s
+
+    def record(self, seconds: float) -> None:
+        self.mean_s += self.smoothing * (seconds - self.mean_s)
 
 
 @serve.deployment
@@ -27,14 +45,25 @@ class ShardRetriever:
         self.core = ShardRetrieverCore(
             index_dir, shard_no, RetrieverConfig.model_validate(config), expected_dim=dim
         )
+        self.timer = SearchTimer(self.core.config.inline_search_ms / 1e3)
 
     def reconfigure(self, config: dict) -> None:
         self.core.configure(RetrieverConfig.model_validate(config))
+        # New search settings: forget the old timings, start inline and measure again.
+        self.timer = SearchTimer(self.core.config.inline_search_ms / 1e3)
+
+    def _timed_search(self, *args) -> list[Hit]:
+        started = time.perf_counter()
+        hits = self.core.search(*args)
+        self.timer.record(time.perf_counter() - started)
+        return hits
 
     async def search(
         self, vector: np.ndarray, k: int, exclude: list[str], categories: list[str] | None
     ) -> list[Hit]:
-        return await asyncio.to_thread(self.core.search, vector, k, exclude, categories)
+        if self.timer.inline():
+            return self._timed_search(vector, k, exclude, categories)
+        return await asyncio.to_thread(self._timed_search, vector, k, exclude, categories)
 
     async def lookup(self, item_ids: list[str]) -> dict[str, tuple[Hit, np.ndarray]]:
         return await asyncio.to_thread(self.core.lookup, item_ids)

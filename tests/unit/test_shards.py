@@ -120,3 +120,16 @@ def test_rebuild_replaces_the_index_whole(tmp_path):
     make_shards(tmp_path / "index", n=80, dim=8, n_shards=4, seed=3)
     assert load_manifest(tmp_path / "index").items == 80
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+def test_fast_searches_run_inline_and_slow_ones_move_to_a_thread():
+    from deployments.retriever.deployment import SearchTimer
+
+    timer = SearchTimer(inline_below_s=0.001, smoothing=0.5)
+    assert timer.inline()  # nothing measured yet
+    timer.record(0.050)  # a flat scan
+    assert not timer.inline()
+    for _ in range(8):
+        timer.record(0.0002)
+    assert timer.inline()
+    assert not SearchTimer(inline_below_s=0.0).inline()  # 0: always a thread

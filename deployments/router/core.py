@@ -178,7 +178,7 @@ class RouterCore:
         self.cf = cf
         self.als = als
         self.fusion = fusion if fusion is not None else fusion_from_config(config.router)
-        self.histories = histories or {}
+        self.histories = histories if histories is not None else {}
         self._popularity = cf.popularity_feature() if cf is not None else None
         f = self.fusion
         # A query states what the user wants now: the cosine to the query-blended profile

@@ -15,9 +15,11 @@ from ray.serve.handle import DeploymentHandle
 from deployments.config import AppConfig
 from deployments.errors import BackendFailed, LlmrecError, NotFound
 from deployments.router.core import RouterCore
+from deployments.router.feedback import FEEDBACK_FILE, FeedbackLog, apply_event
 from deployments.router.http import (
     check_auth,
     error_response,
+    parse_feedback,
     parse_items,
     parse_recommend,
     recommend_response,
@@ -50,14 +52,18 @@ class _Remote:
         return call
 
 
-def _load_histories(config: AppConfig) -> dict[str, list[str]]:
+def _load_histories(config: AppConfig, feedback: FeedbackLog) -> dict[str, list[str]]:
+    """Histories of the interaction log, then the feedback received since, in order."""
     path = config.data_path / "interactions.parquet"
-    if not path.exists():
-        return {}
-    log = pq.read_table(path, columns=["user_id", "item_id", "ts"])
-    return histories_from_log(
-        log["user_id"].to_pylist(), log["item_id"].to_pylist(), log["ts"].to_pylist()
-    )
+    histories = {}
+    if path.exists():
+        log = pq.read_table(path, columns=["user_id", "item_id", "ts"])
+        histories = histories_from_log(
+            log["user_id"].to_pylist(), log["item_id"].to_pylist(), log["ts"].to_pylist()
+        )
+    for event in feedback.replay():
+        apply_event(histories, event)
+    return histories
 
 
 @serve.deployment
@@ -74,7 +80,8 @@ class Router:
         self.encoder = _Remote(encoder)
         self.shards = [_Remote(s) for s in shards]
         self.reranker = _Remote(reranker) if reranker is not None else None
-        self.histories = _load_histories(self.config)
+        self.feedback = FeedbackLog(self.config.data_path / FEEDBACK_FILE)
+        self.histories = _load_histories(self.config, self.feedback)
         self.core = RouterCore(
             self.config,
             encode=self._encode,
@@ -177,6 +184,26 @@ class Router:
             if not await shard.delete([item_id]):
                 raise NotFound(f"unknown item {item_id!r}", field="item_id")
             return JSONResponse({"deleted": item_id})
+        except ConnectionError as exc:
+            return error_response(BackendFailed(str(exc)))
+        except LlmrecError as exc:
+            return error_response(exc)
+
+    @api.post("/v1/feedback")
+    async def feedback_event(self, request: Request) -> Response:
+        """Record what a user did with an item; the user's next request counts it.
+
+        404 for an item no shard has. The event is on disk before the answer.
+        """
+        try:
+            check_auth(request.headers, self.config.router.api_keys)
+            event = parse_feedback(await request.body(), self.config.router.max_body_bytes)
+            shard = self.shards[shard_of(event.item_id, len(self.shards))]
+            if event.item_id not in await shard.lookup([event.item_id]):
+                raise NotFound(f"unknown item {event.item_id!r}", field="item_id")
+            await asyncio.to_thread(self.feedback.append, event)
+            apply_event(self.histories, event)
+            return JSONResponse({"recorded": event.model_dump()})
         except ConnectionError as exc:
             return error_response(BackendFailed(str(exc)))
         except LlmrecError as exc:

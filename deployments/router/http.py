@@ -13,11 +13,17 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from deployments.errors import InvalidInput, LlmrecError, PayloadTooLarge, Unauthorized
-from deployments.router.schemas import RecommendRequest, RecommendResponse, UpsertItemsRequest
+from deployments.router.schemas import (
+    FeedbackEvent,
+    RecommendRequest,
+    RecommendResponse,
+    UpsertItemsRequest,
+)
 
 __all__ = [
     "check_auth",
     "error_response",
+    "parse_feedback",
     "parse_items",
     "parse_recommend",
     "recommend_response",
@@ -69,6 +75,11 @@ def parse_items(body: bytes, max_bytes: int, max_items: int) -> UpsertItemsReque
             f"items: {len(req.items)} items, at most {max_items} per request", field="items"
         )
     return req
+
+
+def parse_feedback(body: bytes, max_bytes: int) -> FeedbackEvent:
+    """Validate a `POST /v1/feedback` body; PayloadTooLarge or InvalidInput naming the field."""
+    return _validate(FeedbackEvent, body, max_bytes)
 
 
 def server_timing(timings: Mapping[str, float]) -> str:

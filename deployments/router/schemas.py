@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "FeedbackEvent",
     "Filters",
     "ItemIn",
     "RecommendRequest",
@@ -81,3 +84,17 @@ class UpsertItemsRequest(_Strict):
                 raise ValueError(f"item_id {item.item_id!r} appears more than once")
             seen.add(item.item_id)
         return items
+
+
+class FeedbackEvent(_Strict):
+    """`POST /v1/feedback`: one thing a user did with an item; it joins the user's history.
+
+    Like a row of the interaction log: every event counts as an interaction.
+    """
+
+    user_id: str = Field(min_length=1, max_length=128)
+    item_id: str = Field(min_length=1, max_length=128)
+    event: str = Field("interact", pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    """What happened, e.g. `click`, `purchase`, `play` (lower case, at most 32 characters)."""
+    ts: int = Field(default_factory=lambda: int(time.time()), ge=0)
+    """Unix seconds; the time the router received the event when left out."""

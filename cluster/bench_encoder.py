@@ -69,6 +69,7 @@ SERVE_MODES: dict[str, dict[str, str]] = {
     # Serve's default Python proxy; replicas still at normal priority so the systems compare.
     "default": {k: v for k, v in RAY_START_ENV.items() if not k.startswith("RAY_SERVE_")},
 }
+SERVE_APPS = {"naive": "bench-naive", "llmrec": "bench-llmrec"}
 PEER_TORCH = "torch==2.13.0+cpu"
 PEER_PACKAGE = "infinity-emb[server,torch]"
 DEFAULT_CACHE = Path("~/.cache/llmrec/bench").expanduser()
@@ -241,11 +242,11 @@ def serve_apps(
                 max_ongoing_requests=encoder_cfg.max_ongoing_requests,
                 ray_actor_options={"num_cpus": encoder_cfg.num_cpus},
             ).bind(model_path, encoder_cfg.model, naive_threads)
-            serve.run(app, name="bench-naive", route_prefix="/naive")
+            serve.run(app, name=SERVE_APPS["naive"], route_prefix="/naive")
             urls["naive"] = f"http://127.0.0.1:{port}/naive/v1/embeddings"
         if "llmrec" in systems:
             app = Encoder.options(**encoder_cfg.deployment_options()).bind(encoder_cfg.model_dump())
-            serve.run(app, name="bench-llmrec", route_prefix="/llmrec")
+            serve.run(app, name=SERVE_APPS["llmrec"], route_prefix="/llmrec")
             urls["llmrec"] = f"http://127.0.0.1:{port}/llmrec/v1/embeddings"
         for url in urls.values():
             wait_until_up(url, _body("warm up", encoder_cfg.model), timeout_s=120)
@@ -319,17 +320,19 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     duration_s=args.duration,
                     warmup_s=args.warmup,
                 )
-                rows.append({"system": system, **_row(point)})
+                row = {"system": system, **_row(point)}
+                if system in SERVE_APPS:
+                    row["replicas"] = _running_replicas(SERVE_APPS[system])
+                rows.append(row)
                 console.print(
                     f"  {system:>6} c={concurrency:<3} {point.throughput_rps:7.1f} rps  "
                     f"p50 {point.p50_ms:7.1f} ms  p99 {point.p99_ms:7.1f} ms"
+                    + (f"  {row['replicas']} replicas" if "replicas" in row else "")
                     + (f"  [red]{point.errors} errors[/]" if point.errors else "")
                 )
+    fields = ("system", "concurrency", "throughput_rps", "p50_ms", "p99_ms", "replicas")
     return {
-        "results": [
-            {k: r[k] for k in ("system", "concurrency", "throughput_rps", "p50_ms", "p99_ms")}
-            for r in rows
-        ],
+        "results": [{k: r[k] for k in fields if k in r} for r in rows],
         # The path llmrec served in this run (the lowest cosine when it served neither).
         "cpu_fast_path_cosine": cosines[served] if served else min(cosines.values()),
         "cpu_fast_path": served,
@@ -362,6 +365,16 @@ def _maybe_peer(
         return
     with peer_server(exe, model_path, model_name, cache_dir / "logs") as url:
         yield url
+
+
+def _running_replicas(app: str) -> int:
+    """RUNNING replicas of the one deployment of a Serve app of this bench (0 if it is gone)."""
+    from ray import serve
+
+    details = serve.status().applications.get(app)
+    if details is None:
+        return 0
+    return sum(d.replica_states.get("RUNNING", 0) for d in details.deployments.values())
 
 
 def _row(point: PointResult) -> dict[str, Any]:

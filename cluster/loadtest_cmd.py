@@ -82,7 +82,8 @@ def plan_points(
 ) -> list[tuple[SweepPoint, dict[str, Any]]]:
     """Each point with its AppConfig overrides.
 
-    Both pools (encoder, and the reranker when enabled) get `n` replicas. With GPUs,
+    Both pools (encoder, and the reranker when enabled) get `n` replicas, fixed (the
+    encoder's autoscaling is turned off for the sweep). With GPUs,
     `gpus=n` packs one encoder and one reranker replica on each GPU (the encoder takes
     `encoder_gpu_share` of it), and `replicas=n` keeps the config's `num_gpus` per
     replica. Without GPUs every replica asks for none and stands in for one GPU.
@@ -90,7 +91,7 @@ def plan_points(
     rerank = cfg.reranker.enabled
     points = []
     for n in counts:
-        enc: dict[str, Any] = {"num_replicas": n}
+        enc: dict[str, Any] = {"num_replicas": n, "autoscaling": None}
         rr: dict[str, Any] = {"num_replicas": n}
         if not gpus_available:
             enc["num_gpus"] = rr["num_gpus"] = 0

@@ -83,3 +83,47 @@ def test_http_embeddings_match_in_both_encodings(encoder_app, minilm):
 def test_health_probe_answers(encoder_app):
     handle, _ = encoder_app
     assert handle.check_health.remote().result(timeout_s=60) is None
+
+
+@pytest.mark.slow
+def test_autoscaled_pool_adds_a_replica_under_load(ray_cluster):
+    """The config's autoscaling reaches Serve: sustained load grows the pool from 1 to 2."""
+    import time
+
+    config = EncoderConfig(
+        num_cpus=0.2,
+        torch_threads=1,
+        cache_size=0,
+        autoscaling={
+            "min_replicas": 1,
+            "max_replicas": 2,
+            "target_ongoing_requests": 2,
+            "upscale_delay_s": 0,
+            "downscale_delay_s": 600,
+        },
+    )
+    name, app = "EncoderAutoscaled", "encoder-autoscaled"
+    handle = serve.run(
+        Encoder.options(name=name, **config.deployment_options()).bind(config.model_dump()),
+        name=app,
+        route_prefix=None,
+    )
+
+    def running() -> int:
+        status = serve.status().applications[app].deployments[name]
+        return status.replica_states.get("RUNNING", 0)
+
+    try:
+        assert running() == 1
+        deadline, sent = time.monotonic() + 120, 0
+        in_flight: list = []
+        while running() < 2 and time.monotonic() < deadline:
+            while len(in_flight) < 16:  # keep 8x the target in flight
+                in_flight.append(handle.encode.remote(f"{TEXTS[sent % len(TEXTS)]} #{sent}"))
+                sent += 1
+            in_flight.pop(0).result(timeout_s=60)
+        assert running() == 2, f"still 1 replica after {sent} requests"
+        for response in in_flight:
+            assert response.result(timeout_s=60).shape == (384,)
+    finally:
+        serve.delete(app)

@@ -281,13 +281,23 @@ def test_plan_points_on_cpu_replicas_stand_in_for_gpus():
     plan = plan_points("gpus", [1, 2], cfg, gpus_available=False, encoder_gpu_share=0.25)
     assert [(p.replicas, p.gpus, p.label) for p, _ in plan] == [(1, 1, "gpus=1"), (2, 2, "gpus=2")]
     assert plan[1][1] == {
-        "encoder": {"num_replicas": 2, "num_gpus": 0},
+        "encoder": {"num_replicas": 2, "autoscaling": None, "num_gpus": 0},
         "reranker": {"num_replicas": 2, "num_gpus": 0},
     }
     no_rr = AppConfig.model_validate({"reranker": {"enabled": False}})
     assert plan_points("replicas", [4], no_rr, gpus_available=False, encoder_gpu_share=0.25)[0][
         1
-    ] == {"encoder": {"num_replicas": 4, "num_gpus": 0}}
+    ] == {"encoder": {"num_replicas": 4, "autoscaling": None, "num_gpus": 0}}
+
+
+def test_a_sweep_point_has_a_fixed_pool_even_when_the_config_autoscales():
+    from cluster.loadtest_cmd import _merge
+
+    cfg = AppConfig.model_validate({"encoder": {"autoscaling": {"max_replicas": 4}}})
+    ((_, overrides),) = plan_points("replicas", [2], cfg, gpus_available=False, encoder_gpu_share=0)
+    merged = AppConfig.model_validate(_merge(cfg.model_dump(), overrides))
+    assert merged.encoder.deployment_options()["num_replicas"] == 2
+    assert "autoscaling_config" not in merged.encoder.deployment_options()
 
 
 def test_plan_points_with_gpus_packs_encoder_and_reranker_per_gpu():

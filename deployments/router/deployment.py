@@ -27,7 +27,7 @@ from deployments.router.http import (
 from retrieval.build import item_texts, load_als, load_cf
 from retrieval.fusion import load_fusion
 from retrieval.profiles import histories_from_log
-from retrieval.shards import Item, shard_of
+from retrieval.shards import Hit, Item, shard_of
 
 __all__ = ["Router", "api"]
 
@@ -102,6 +102,17 @@ class Router:
         except ConnectionError as exc:
             raise BackendFailed(f"encoder failed: {exc}") from exc
 
+    def _owner(self, item_id: str) -> _Remote:
+        """The shard that holds (or would hold) `item_id`."""
+        return self.shards[shard_of(item_id, len(self.shards))]
+
+    async def _find(self, item_id: str) -> Hit:
+        """The stored item from its shard; NotFound (404) when the shard has none."""
+        found = await self._owner(item_id).lookup([item_id])
+        if item_id not in found:
+            raise NotFound(f"unknown item {item_id!r}", field="item_id")
+        return found[item_id][0]
+
     @api.post("/v1/recommend")
     async def recommend(self, request: Request) -> Response:
         try:
@@ -115,11 +126,7 @@ class Router:
     async def get_item(self, item_id: str, request: Request) -> Response:
         try:
             check_auth(request.headers, self.config.router.api_keys)
-            shard = self.shards[shard_of(item_id, len(self.shards))]
-            found = await shard.lookup([item_id])
-            if item_id not in found:
-                raise NotFound(f"unknown item {item_id!r}", field="item_id")
-            hit, _ = found[item_id]
+            hit = await self._find(item_id)
             return JSONResponse(
                 {
                     "item_id": hit.item_id,
@@ -180,8 +187,7 @@ class Router:
         """Delete one item from its shard; 404 when no shard has it."""
         try:
             check_auth(request.headers, self.config.router.api_keys)
-            shard = self.shards[shard_of(item_id, len(self.shards))]
-            if not await shard.delete([item_id]):
+            if not await self._owner(item_id).delete([item_id]):
                 raise NotFound(f"unknown item {item_id!r}", field="item_id")
             return JSONResponse({"deleted": item_id})
         except ConnectionError as exc:
@@ -198,9 +204,7 @@ class Router:
         try:
             check_auth(request.headers, self.config.router.api_keys)
             event = parse_feedback(await request.body(), self.config.router.max_body_bytes)
-            shard = self.shards[shard_of(event.item_id, len(self.shards))]
-            if event.item_id not in await shard.lookup([event.item_id]):
-                raise NotFound(f"unknown item {event.item_id!r}", field="item_id")
+            await self._find(event.item_id)
             await asyncio.to_thread(self.feedback.append, event)
             apply_event(self.histories, event)
             return JSONResponse({"recorded": event.model_dump()})

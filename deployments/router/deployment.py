@@ -33,6 +33,13 @@ __all__ = ["Router", "api"]
 
 api = FastAPI(title="llmrec", version="1")
 
+
+@api.exception_handler(LlmrecError)
+async def _llmrec_error(request: Request, exc: LlmrecError) -> Response:
+    """Every route's errors become the status and JSON body of DESIGN.md."""
+    return error_response(exc)
+
+
 HEALTH_TIMEOUT_S = 30.0
 
 
@@ -108,37 +115,41 @@ class Router:
 
     async def _find(self, item_id: str) -> Hit:
         """The stored item from its shard; NotFound (404) when the shard has none."""
-        found = await self._owner(item_id).lookup([item_id])
+        try:
+            found = await self._owner(item_id).lookup([item_id])
+        except ConnectionError as exc:
+            raise BackendFailed(str(exc)) from exc
         if item_id not in found:
             raise NotFound(f"unknown item {item_id!r}", field="item_id")
         return found[item_id][0]
 
+    async def _delete(self, item_id: str) -> None:
+        """Delete `item_id` from its shard; NotFound (404) when the shard has none."""
+        try:
+            deleted = await self._owner(item_id).delete([item_id])
+        except ConnectionError as exc:
+            raise BackendFailed(str(exc)) from exc
+        if not deleted:
+            raise NotFound(f"unknown item {item_id!r}", field="item_id")
+
     @api.post("/v1/recommend")
     async def recommend(self, request: Request) -> Response:
-        try:
-            check_auth(request.headers, self.config.router.api_keys)
-            req = parse_recommend(await request.body(), self.config.router.max_body_bytes)
-            return recommend_response(await self.core.recommend(req))
-        except LlmrecError as exc:
-            return error_response(exc)
+        check_auth(request.headers, self.config.router.api_keys)
+        req = parse_recommend(await request.body(), self.config.router.max_body_bytes)
+        return recommend_response(await self.core.recommend(req))
 
     @api.get("/v1/items/{item_id}")
     async def get_item(self, item_id: str, request: Request) -> Response:
-        try:
-            check_auth(request.headers, self.config.router.api_keys)
-            hit = await self._find(item_id)
-            return JSONResponse(
-                {
-                    "item_id": hit.item_id,
-                    "title": hit.title,
-                    "text": hit.text,
-                    "categories": hit.categories,
-                }
-            )
-        except ConnectionError as exc:
-            return error_response(BackendFailed(str(exc)))
-        except LlmrecError as exc:
-            return error_response(exc)
+        check_auth(request.headers, self.config.router.api_keys)
+        hit = await self._find(item_id)
+        return JSONResponse(
+            {
+                "item_id": hit.item_id,
+                "title": hit.title,
+                "text": hit.text,
+                "categories": hit.categories,
+            }
+        )
 
     @api.post("/v1/items")
     async def upsert_items(self, request: Request) -> Response:
@@ -148,52 +159,43 @@ class Router:
         shard fails the answer is 502 naming it; the others kept their part, and
         sending the same request again is safe (an upsert replaces).
         """
-        try:
-            check_auth(request.headers, self.config.router.api_keys)
-            rc = self.config.retriever
-            req = parse_items(await request.body(), rc.upsert_max_bytes, rc.upsert_max_items)
-            texts = item_texts([i.title for i in req.items], [i.text for i in req.items])
-            vectors = await asyncio.gather(*(self._encode(t) for t in texts))
-            by_shard: dict[int, list[int]] = {}
-            for n, item in enumerate(req.items):
-                by_shard.setdefault(shard_of(item.item_id, len(self.shards)), []).append(n)
-            results = await asyncio.gather(
-                *(
-                    self.shards[s].upsert(
-                        [Item(**req.items[n].model_dump()) for n in rows],
-                        np.stack([vectors[n] for n in rows]),
-                    )
-                    for s, rows in by_shard.items()
-                ),
-                return_exceptions=True,
-            )
-            failed = []
-            for s, result in zip(by_shard, results, strict=True):
-                if isinstance(result, ConnectionError):
-                    failed.append(f"shard-{s}")
-                elif isinstance(result, BaseException):
-                    raise result
-            if failed:
-                raise BackendFailed(
-                    f"{', '.join(failed)} did not take the items (the other shards did); "
-                    "sending the request again is safe"
+        check_auth(request.headers, self.config.router.api_keys)
+        rc = self.config.retriever
+        req = parse_items(await request.body(), rc.upsert_max_bytes, rc.upsert_max_items)
+        texts = item_texts([i.title for i in req.items], [i.text for i in req.items])
+        vectors = await asyncio.gather(*(self._encode(t) for t in texts))
+        by_shard: dict[int, list[int]] = {}
+        for n, item in enumerate(req.items):
+            by_shard.setdefault(shard_of(item.item_id, len(self.shards)), []).append(n)
+        results = await asyncio.gather(
+            *(
+                self.shards[s].upsert(
+                    [Item(**req.items[n].model_dump()) for n in rows],
+                    np.stack([vectors[n] for n in rows]),
                 )
-            return JSONResponse({"upserted": [i.item_id for i in req.items]})
-        except LlmrecError as exc:
-            return error_response(exc)
+                for s, rows in by_shard.items()
+            ),
+            return_exceptions=True,
+        )
+        failed = []
+        for s, result in zip(by_shard, results, strict=True):
+            if isinstance(result, ConnectionError):
+                failed.append(f"shard-{s}")
+            elif isinstance(result, BaseException):
+                raise result
+        if failed:
+            raise BackendFailed(
+                f"{', '.join(failed)} did not take the items (the other shards did); "
+                "sending the request again is safe"
+            )
+        return JSONResponse({"upserted": [i.item_id for i in req.items]})
 
     @api.delete("/v1/items/{item_id}")
     async def delete_item(self, item_id: str, request: Request) -> Response:
         """Delete one item from its shard; 404 when no shard has it."""
-        try:
-            check_auth(request.headers, self.config.router.api_keys)
-            if not await self._owner(item_id).delete([item_id]):
-                raise NotFound(f"unknown item {item_id!r}", field="item_id")
-            return JSONResponse({"deleted": item_id})
-        except ConnectionError as exc:
-            return error_response(BackendFailed(str(exc)))
-        except LlmrecError as exc:
-            return error_response(exc)
+        check_auth(request.headers, self.config.router.api_keys)
+        await self._delete(item_id)
+        return JSONResponse({"deleted": item_id})
 
     @api.post("/v1/feedback")
     async def feedback_event(self, request: Request) -> Response:
@@ -201,17 +203,12 @@ class Router:
 
         404 for an item no shard has. The event is on disk before the answer.
         """
-        try:
-            check_auth(request.headers, self.config.router.api_keys)
-            event = parse_feedback(await request.body(), self.config.router.max_body_bytes)
-            await self._find(event.item_id)
-            await asyncio.to_thread(self.feedback.append, event)
-            apply_event(self.histories, event)
-            return JSONResponse({"recorded": event.model_dump()})
-        except ConnectionError as exc:
-            return error_response(BackendFailed(str(exc)))
-        except LlmrecError as exc:
-            return error_response(exc)
+        check_auth(request.headers, self.config.router.api_keys)
+        event = parse_feedback(await request.body(), self.config.router.max_body_bytes)
+        await self._find(event.item_id)
+        await asyncio.to_thread(self.feedback.append, event)
+        apply_event(self.histories, event)
+        return JSONResponse({"recorded": event.model_dump()})
 
     @api.get("/v1/health")
     async def health(self) -> Response:

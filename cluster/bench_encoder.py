@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -368,13 +369,12 @@ def _maybe_peer(
 
 
 def _running_replicas(app: str) -> int:
-    """RUNNING replicas of the one deployment of a Serve app of this bench (0 if it is gone)."""
+    """RUNNING replicas of a Serve app of this bench (0 if it is gone)."""
     from ray import serve
 
-    details = serve.status().applications.get(app)
-    if details is None:
-        return 0
-    return sum(d.replica_states.get("RUNNING", 0) for d in details.deployments.values())
+    from cluster.local import replicas_running
+
+    return sum((replicas_running(dataclasses.asdict(serve.status()), app) or {}).values())
 
 
 def _row(point: PointResult) -> dict[str, Any]:

@@ -43,7 +43,6 @@ __all__ = [
     "parse_sets",
     "plan_points",
     "register",
-    "replicas_running",
     "settled",
 ]
 
@@ -118,17 +117,6 @@ def logical_cpus_needed(cfg: AppConfig, max_replicas: int, n_shards: int) -> int
     return max(os.cpu_count() or 2, math.ceil(need + 0.5))
 
 
-def replicas_running(status: dict[str, Any] | None, app: str = APP_NAME) -> dict[str, int] | None:
-    """RUNNING replicas per deployment of `app` in a `serve status` dict; None if it is absent."""
-    details = ((status or {}).get("applications") or {}).get(app)
-    if details is None:
-        return None
-    return {
-        name: int((d.get("replica_states") or {}).get("RUNNING", 0))
-        for name, d in sorted((details.get("deployments") or {}).items())
-    }
-
-
 def settled(
     status: dict[str, Any] | None, expected: dict[str, int], since: float, app: str = APP_NAME
 ) -> tuple[bool, str]:
@@ -171,7 +159,7 @@ def _wait_for_replicas(
         status = local.serve_status(dashboard)
         done, what = settled(status, expected, since)
         if done:
-            return replicas_running(status) or {}
+            return local.replicas_running(status, APP_NAME) or {}
         notes(f"waiting: {what}")
         time.sleep(2.0)
     raise LoadtestError(f"the app did not reach {expected} in {timeout_s:.0f}s ({what})")
@@ -385,7 +373,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         if args.demo:
             raise LoadtestError("--demo goes with --sweep; for one run start `llmrec up --demo`")
         url = check_target(args.url, args.allow_host)
-        counts = replicas_running(local.serve_status(args.dashboard)) or {}
+        counts = local.replicas_running(local.serve_status(args.dashboard), APP_NAME) or {}
         n = counts.get(ENCODER, 1) or 1
         gpu_standin = args.gpus is None
         point = SweepPoint(replicas=n, gpus=args.gpus or n, label=f"replicas={n}")

@@ -33,6 +33,7 @@ __all__ = [
     "health",
     "load_serve_config",
     "render_serve_config",
+    "replicas_running",
     "serve_app_configs",
     "serve_status",
     "up",
@@ -213,6 +214,18 @@ def serve_status(address: str = DASHBOARD) -> dict[str, Any] | None:
         return yaml.safe_load(proc.stdout) or {}
     except yaml.YAMLError:
         return None
+
+
+def replicas_running(status: dict[str, Any] | None, app: str) -> dict[str, int] | None:
+    """RUNNING replicas per deployment of `app` in a `serve status` dict (`serve_status`, or
+    `dataclasses.asdict(serve.status())` in a Serve driver); None if the app is absent."""
+    details = ((status or {}).get("applications") or {}).get(app)
+    if details is None:
+        return None
+    return {
+        name: int((d.get("replica_states") or {}).get("RUNNING", 0))
+        for name, d in sorted((details.get("deployments") or {}).items())
+    }
 
 
 def serve_app_configs(address: str = DASHBOARD) -> list[dict[str, Any]]:

@@ -12,9 +12,9 @@ from cluster.loadtest_cmd import (
     logical_cpus_needed,
     parse_sets,
     plan_points,
-    replicas_running,
     settled,
 )
+from cluster.local import replicas_running
 from deployments.config import AppConfig
 from loadtest.errors import LoadtestError, TargetRefused
 from loadtest.locust_csv import HISTORY_COLUMNS, STATS_COLUMNS, write_locust_csv
@@ -347,7 +347,7 @@ def test_sweep_waits_until_serve_runs_exactly_the_new_replicas():
         "RUNNING", 250.0, Encoder={"RUNNING": 2, "STOPPING": 0}, Reranker={"RUNNING": 2}
     )
     assert settled(ready, new, since=200.0) == (True, "ready")
-    assert replicas_running(ready) == {"Encoder": 2, "Reranker": 2}
-    assert replicas_running({"applications": {}}) is None
+    assert replicas_running(ready, "llmrec") == {"Encoder": 2, "Reranker": 2}
+    assert replicas_running({"applications": {}}, "llmrec") is None
     with pytest.raises(LoadtestError, match="DEPLOY_FAILED"):
         settled(serve_status("DEPLOY_FAILED", 250.0), new, since=200.0)

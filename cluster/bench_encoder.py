@@ -50,7 +50,7 @@ __all__ = [
     "FAST_PATHS",
     "SERVE_MODES",
     "bench_texts",
-    "fast_path_cosine",
+    "fast_path_cosines",
     "install_peer",
     "register",
     "run_bench",
@@ -128,22 +128,26 @@ def _text_maker(sentences: list[str], titles: list[str]) -> Callable[[int], str]
     return text
 
 
-def fast_path_cosine(model_path: str, texts: list[str], path: str) -> float:
-    """Mean cosine between a CPU fast path's vectors and PyTorch fp32's for `texts`."""
+def fast_path_cosines(model_path: str, texts: list[str]) -> dict[str, float]:
+    """Mean cosine between each CPU fast path's vectors and PyTorch fp32's for `texts`."""
     from retrieval.encoder import SentenceEncoder
 
     exact = SentenceEncoder(model_path, device="cpu", precision="fp32", engine="torch")
-    fast = SentenceEncoder(model_path, device="cpu", **FAST_PATHS[path])
-    return float((exact.encode(texts) * fast.encode(texts)).sum(axis=1).mean())
+    reference = exact.encode(texts)
+    cosines = {}
+    for path, options in FAST_PATHS.items():
+        fast = SentenceEncoder(model_path, device="cpu", **options).encode(texts)
+        cosines[path] = float((reference * fast).sum(axis=1).mean())
+    return cosines
 
 
 def served_fast_path(config: EncoderConfig) -> str | None:
     """The CPU fast path the llmrec encoder runs with `config` (None: plain fp32 or a GPU)."""
-    from retrieval.encoder import resolve_engine
+    from retrieval.encoder import resolve_engine, resolve_precision
 
     if config.device not in ("auto", "cpu") or config.num_gpus > 0:
         return None
-    precision = "fp32" if config.precision == "auto" else config.precision
+    precision = resolve_precision(config.precision, "cpu")
     if resolve_engine(config.engine, "cpu", precision) == "onnx":
         return "onnx"
     return "bf16" if precision == "bf16" else None
@@ -295,12 +299,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     sentences, titles = bench_texts()
     text = _text_maker(sentences, titles)
 
-    catalog = _catalog_texts()
-    cosines = {}
-    for path in FAST_PATHS:
-        with console.status(f"measuring the CPU fast path {path} against PyTorch fp32 …"):
-            cosines[path] = fast_path_cosine(model_path, catalog, path)
-        console.print(f"CPU fast path {path}: mean cosine to PyTorch fp32 = {cosines[path]:.6f}")
+    with console.status("measuring the CPU fast paths against PyTorch fp32 …"):
+        cosines = fast_path_cosines(model_path, _catalog_texts())
+    for path, cosine in cosines.items():
+        console.print(f"CPU fast path {path}: mean cosine to PyTorch fp32 = {cosine:.6f}")
     served = served_fast_path(encoder_cfg)
 
     rows: list[dict[str, Any]] = []

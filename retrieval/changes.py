@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,12 @@ from typing import Literal
 
 import numpy as np
 
-from retrieval.integrity import IndexIntegrityError, write_atomic
+from retrieval.integrity import (
+    IndexIntegrityError,
+    append_durably,
+    complete_lines,
+    write_atomic,
+)
 
 __all__ = ["Change", "ChangeLog", "Item"]
 
@@ -85,11 +89,7 @@ class ChangeLog:
         """Write `changes` and fsync; when this returns they survive a crash."""
         if not changes:
             return
-        data = "".join(_encode(c) for c in changes).encode()
-        with self.path.open("ab") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        append_durably(self.path, "".join(_encode(c) for c in changes).encode())
 
     def replay(self, after_seq: int) -> list[Change]:
         """Changes with `seq > after_seq`, in order, after checking every line.
@@ -98,22 +98,9 @@ class ChangeLog:
         IndexIntegrityError naming the file and line for a bad CRC, bad JSON, a
         vector of the wrong dimension or a sequence that does not grow by one.
         """
-        if not self.path.exists():
-            return []
-        raw = self.path.read_bytes()
-        good_end = raw.rfind(b"\n") + 1
-        if good_end < len(raw):
-            log.warning(
-                "%s: dropping an unterminated last line (%d bytes) left by an interrupted write",
-                self.path,
-                len(raw) - good_end,
-            )
-            with self.path.open("rb+") as f:
-                f.truncate(good_end)
-                os.fsync(f.fileno())
         changes: list[Change] = []
         prev: int | None = None
-        for n, line in enumerate(raw[:good_end].splitlines(), 1):
+        for n, line in enumerate(complete_lines(self.path), 1):
             change = self._decode(line, n)
             if prev is not None and change.seq != prev + 1:
                 raise IndexIntegrityError(

@@ -1,8 +1,9 @@
-"""Index files on disk: digests, atomic replacement and the error a bad file raises."""
+"""Files on disk: digests, atomic replacement, append-only logs, the error a bad file raises."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -10,11 +11,16 @@ from pathlib import Path
 
 __all__ = [
     "IndexIntegrityError",
+    "append_durably",
+    "complete_lines",
     "fsync_dir",
     "replace_atomically",
     "sha256_of",
     "write_atomic",
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 class IndexIntegrityError(RuntimeError):
@@ -59,3 +65,35 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file and a rename: readers see old or new."""
     replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
     fsync_dir(Path(path).parent)
+
+
+def append_durably(path: Path, data: bytes) -> None:
+    """Append `data` to an append-only log and fsync; when this returns it survives a crash."""
+    with Path(path).open("ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def complete_lines(path: Path) -> list[bytes]:
+    """The newline-terminated lines of an append-only log ([] when there is no file).
+
+    A last line without its newline was cut off by an interrupted append (never
+    acknowledged): it is logged and truncated away, so the next append starts a
+    line of its own.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    good_end = raw.rfind(b"\n") + 1
+    if good_end < len(raw):
+        log.warning(
+            "%s: dropping an unterminated last line (%d bytes) left by an interrupted write",
+            path,
+            len(raw) - good_end,
+        )
+        with path.open("rb+") as f:
+            f.truncate(good_end)
+            os.fsync(f.fileno())
+    return raw[:good_end].splitlines()

@@ -54,7 +54,9 @@ def test_a_write_cut_short_is_skipped_but_a_bad_line_is_an_error(tmp_path, caplo
     with path.open("a") as f:
         f.write('{"user_id": "u", "item')  # a crash in the middle of an append
     assert [e.item_id for e in log.replay()] == ["a"]
-    assert "unfinished last line" in caplog.text
+    assert "unterminated last line" in caplog.text
+    log.append(event("u", "b"))  # the cut-off tail is gone: this starts a line of its own
+    assert [e.item_id for e in log.replay()] == ["a", "b"]
 
     path.write_text(json.dumps({"user_id": "u"}) + "\n" + event("u", "a").model_dump_json() + "\n")
     with pytest.raises(ValueError, match=rf"{FEEDBACK_FILE}, line 1: not a feedback event"):

@@ -184,6 +184,12 @@ def query(url: str, body: dict[str, Any], timeout: float = 120.0) -> tuple[int, 
     return r.status_code, r.json()
 
 
+def _why(item: dict[str, Any]) -> str:
+    """The explanation, marked when it is a template reason rather than a generated one."""
+    text = item.get("explanation") or ""
+    return f"{text} [template]" if text and item.get("explanation_source") == "template" else text
+
+
 def print_answer(title: str, answer: dict[str, Any]) -> None:
     table = Table(title=title, show_lines=bool(any(i.get("explanation") for i in answer["items"])))
     for col in ("#", "item", "title", "score", "sources", "why"):
@@ -195,7 +201,7 @@ def print_answer(title: str, answer: dict[str, Any]) -> None:
             item["title"],
             f"{item['score']:.3f}",
             ",".join(item["sources"]),
-            item.get("explanation") or "",
+            _why(item),
         )
     console.print(table)
     timings = "  ".join(f"{k}={v:.0f}ms" for k, v in answer["timings_ms"].items())

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from deployments.config import AppConfig, resolve_path
 from deployments.reranker.core import RerankerCore
-from deployments.reranker.prompts import Candidate, template_reason
+from deployments.reranker.prompts import Candidate, PromptContext
 from deployments.router.core import RouterCore, fusion_from_config
 from deployments.router.schemas import RecommendRequest
 from retrieval.build import fit_collaborative
@@ -212,10 +212,10 @@ class _World:
             fusion=fusion,
         )
 
-    def history_titles(self, history: Sequence[str]) -> list[str]:
-        """The history titles the router puts in a prompt (deduplicated, most recent kept)."""
+    def history_ids(self, history: Sequence[str]) -> list[str]:
+        """The history the router puts in a prompt (deduplicated, most recent kept)."""
         ids = list(dict.fromkeys(history))[-self.cfg.router.max_history :]
-        return [self.rows[i].title for i in ids if i in self.rows]
+        return [i for i in ids if i in self.rows]
 
     def reranker(self, weight: float) -> RerankerCore:
         """A `RerankerCore` on the shared engine whose LLM share of the blend is `weight`."""
@@ -236,7 +236,7 @@ def _load_world(cfg: AppConfig) -> _World:
 
 def _start_engine(world: _World, progress: bool) -> None:
     """Start the vLLM engine once; on failure remember why and go on without it."""
-    from deployments.reranker.core import VllmEngine
+    from deployments.reranker.engine import VllmEngine
     from retrieval.models import resolve_llm
 
     cfg = world.cfg
@@ -425,13 +425,15 @@ async def _rerank_heads(
         answer = await core.recommend(_request(split.histories[user], depth))
         items = answer.items
         head = items[:n_head]
-        order = await scorer.rerank(
-            world.history_titles(split.histories[user]),
-            None,
-            [_candidate(world.rows[i.item_id]) for i in head],
-            [i.score for i in head],
+        ids = world.history_ids(split.histories[user])
+        context = PromptContext(
+            history_titles=[world.rows[i].title for i in ids],
+            history_categories=[world.rows[i].categories for i in ids],
+            query=None,
+            candidates=[_candidate(world.rows[i.item_id]) for i in head],
         )
-        llm = dict(order)
+        outcome = await scorer.rerank(context, [i.score for i in head])
+        llm = dict(outcome.order)
         heads[user] = RerankHead(
             ranked=[i.item_id for i in items],
             retrieval=[i.score for i in head],
@@ -514,6 +516,7 @@ async def _explain_eval(
     sample = sample_users(users, args.explain_users, args.seed + 1)
     rerank = fusion.rerank != 0.0
     flags: list[bool] = []
+    checks: dict[str, int] = {}
     examples: list[dict[str, Any]] = []
     seconds: list[float] = []
     if args.url:
@@ -535,11 +538,19 @@ async def _explain_eval(
                 if r.status_code != 200:
                     raise ServiceError(f"{args.url} answered {r.status_code}: {r.text[:300]}")
                 items = r.json()["items"]
-                grounded = [_not_template(world, history, i) for i in items]
+                # Served answers say where each reason came from, not which check failed.
+                sources = [i.get("explanation_source") for i in items]
+                grounded = [None if src is None else src == "llm" for src in sources]
+                for src in filter(None, sources):
+                    verdict = "ok" if src == "llm" else "template"
+                    checks[verdict] = checks.get(verdict, 0) + 1
             else:
                 answer = await core.answer(req)
                 items = [i.model_dump() for i in answer.response.items]
                 grounded = answer.grounded
+                for e in answer.explanations:
+                    if e is not None:
+                        checks[e.check] = checks.get(e.check, 0) + 1
             seconds.append(time.perf_counter() - t)
             flags.extend(g for g in grounded if g is not None)
             if len(examples) < 3:
@@ -567,23 +578,11 @@ async def _explain_eval(
         "users": len(sample),
         "explained": len(flags),
         "grounded_share": round(sum(flags) / len(flags), 4) if flags else 0.0,
+        # Why generated reasons were replaced by templates ("ok": generated and passed).
+        "checks": dict(sorted(checks.items(), key=lambda kv: -kv[1])),
         "latency_ms": latency_summary(seconds),
         "examples": examples,
     }
-
-
-def _not_template(world: _World, history: list[str], item: dict[str, Any]) -> bool | None:
-    """Served answers carry no flag: an explanation equal to the template reason was replaced."""
-    if not item.get("explanation"):
-        return None
-    hits = [world.rows[i] for i in history if i in world.rows][-world.cfg.router.max_history :]
-    template = template_reason(
-        _candidate(world.rows[item["item_id"]]),
-        [h.title for h in hits],
-        [h.categories for h in hits],
-        None,
-    )
-    return item["explanation"] != template
 
 
 def _print(result: dict[str, Any]) -> None:
@@ -628,7 +627,8 @@ def _print(result: dict[str, Any]) -> None:
     elif ex:
         console.print(
             f"explanations: {ex['explained']} for {ex['users']} users, "
-            f"{ex['grounded_share']:.1%} passed validation (the rest: template reasons)"
+            f"{ex['grounded_share']:.1%} generated and passed their checks (the rest: template "
+            "reasons); by check: " + ", ".join(f"{k} {v}" for k, v in ex.get("checks", {}).items())
         )
         for e in ex["examples"]:
             console.print(f"[bold]user {e['user']}[/] history …{e['history']}")

@@ -40,6 +40,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         reranker = Reranker.options(
             num_replicas=rr.num_replicas,
             max_ongoing_requests=rr.max_ongoing_requests,
+            # Beyond this Serve refuses at once and the router answers without the LLM.
+            max_queued_requests=rr.max_queued_requests,
             # vLLM on CPU takes about a minute to load and answers probes slowly under load.
             health_check_timeout_s=120,
             ray_actor_options={

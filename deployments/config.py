@@ -224,27 +224,66 @@ class RerankerConfig(_Section):
     num_replicas: int = Field(1, ge=1, le=64)
     """Reranker replicas, each with its own vLLM engine."""
     num_cpus: float = Field(0.5, gt=0)
-    """Logical Ray CPUs per replica."""
+    """Logical Ray CPUs per replica (Ray's bookkeeping; the engine's threads: `cpu_cores`)."""
     num_gpus: float = Field(0.0, ge=0)
     """GPUs per replica: 1 on GPU machines, 0 on CPU."""
+    cpu_cores: str = "all"
+    """CPU cores the engine's worker threads are bound to (vLLM's `VLLM_CPU_OMP_THREADS_BIND`):
+    `all` = every core this replica may run on, `vllm` = vLLM's own choice (one thread per
+    physical core, less one reserved for its scheduler: 1 of 2 cores), or a list such as
+    `"2-5"`. Requests wait on the LLM more than on anything else, so on small machines it gets
+    every core; the other deployments share them while it runs."""
     max_ongoing_requests: int = Field(32, ge=1)
     """Concurrent requests per replica; the engine batches them itself."""
+    max_queued_requests: int = Field(16, ge=-1)
+    """Requests Serve holds for a replica beyond `max_ongoing_requests` (-1: unbounded); past
+    it the router is refused at once and answers without the LLM stages."""
+    max_pending: int = Field(8, ge=1, le=1024)
+    """LLM calls (a rerank or one request's explanations) a replica runs at once; more are
+    refused at once (`Overloaded`) and the router degrades the stage. On a CPU each call takes
+    ~1 s of both cores, so a deep queue only makes every waiting call miss its deadline."""
     max_model_len: int = Field(2048, ge=256)
     """Context length the engine reserves per sequence."""
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
-    """Weights and activations dtype."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Weights and activations dtype. `auto`: bfloat16 on CPUs with native bf16 (avx512_bf16 or
+    amx_bf16) and on GPUs that support it, float16 on other GPUs, float32 on other CPUs (where
+    bf16 is emulated and several times slower than float32). The
+    replica logs its choice and `/v1/health` shows it (`retrieval.hardware.select_llm_dtype`)."""
+    block_size: int = Field(32, ge=16, le=256)
+    """Tokens per KV-cache block: the prefix cache reuses whole blocks, so smaller blocks let
+    an explanation reuse more of its rerank prompt (vLLM's CPU attention needs multiples of
+    32)."""
     kv_cache_gib: int = Field(2, ge=1)
     """CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE); ignored on GPU."""
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     """Share of GPU memory vLLM may take on GPU machines."""
     max_candidates: int = Field(20, ge=2, le=20)
-    """Candidates lettered in the rerank prompt (A..T); limited by the logprobs vLLM returns."""
+    """Most candidates lettered in the rerank prompt (A..T); fewer when the deadline is near."""
     rerank_weight: float = Field(0.5, ge=0, le=1)
     """Weight of the LLM score in the blend with the retrieval score (0 keeps retrieval order)."""
-    explain_max_tokens: int = Field(40, ge=8, le=256)
-    """Most tokens of one generated explanation."""
+    prompt_tokens: int = Field(1024, ge=128)
+    """Token budget of the rerank prompt: item texts are cut (to a quarter, then dropped) until
+    the prompt fits. The explanations repeat this prompt, so it also bounds theirs."""
+    explain_max_tokens: int = Field(32, ge=8, le=256)
+    """Most tokens of one generated explanation (one short sentence needs ~20)."""
+    explain_min_tokens: int = Field(12, ge=1, le=256)
+    """Fewest tokens worth generating: when fewer fit before the deadline, `explain` is skipped
+    (named in `degraded`) rather than cut mid-thought."""
+    explain_attempts: int = Field(3, ge=1, le=10)
+    """Rounds of generation per answer: reasons that fail their checks are sampled again in
+    the next round while the deadline allows; what still fails gets the template reason."""
     item_text_chars: int = Field(160, ge=16, le=2000)
     """Catalog text is truncated to this many characters before it enters a prompt."""
+
+    @model_validator(mode="after")
+    def _token_bounds(self) -> RerankerConfig:
+        if self.explain_min_tokens > self.explain_max_tokens:
+            raise ValueError("reranker.explain_min_tokens must be <= reranker.explain_max_tokens")
+        if self.prompt_tokens >= self.max_model_len:
+            raise ValueError("reranker.prompt_tokens must be < reranker.max_model_len")
+        if self.block_size % 16:
+            raise ValueError("reranker.block_size must be a multiple of 16 (32 on CPU)")
+        return self
 
 
 class RouterConfig(_Section):
@@ -280,8 +319,9 @@ class RouterConfig(_Section):
     above and `reranker.rerank_weight`, when the file exists."""
     max_history: int = Field(50, ge=1, le=1000)
     """Most recent history items used to build the profile."""
-    explain_top: int = Field(10, ge=1, le=100)
-    """Only the first this-many final items get a generated explanation."""
+    explain_top: int = Field(10, ge=1, le=20)
+    """Only the first this-many final items get a generated explanation (at most 20: one
+    letter each in the explain prompt)."""
     api_keys: list[str] = []
     """When non-empty, requests must carry `Authorization: Bearer <key>` with one of these."""
 

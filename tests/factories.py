@@ -1,12 +1,14 @@
-"""Small data the tests make: catalogs, vectors, shard folders."""
+"""Small data the tests make: catalogs, vectors, shard folders; a scripted LLM engine."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from deployments.reranker.engine import EngineOutput
 from retrieval.shards import build_shards
 
 CATEGORIES = ["Drama", "Comedy", "Horror", "Western"]
@@ -37,3 +39,79 @@ def make_shards(path: Path, n: int, dim: int, n_shards: int, seed: int = 0):
     vectors = make_vectors(n, dim, seed)
     manifest = build_shards(catalog, vectors, path, n_shards=n_shards, encoder_id="test")
     return catalog, vectors, manifest
+
+
+class ScriptedEngine:
+    """Letter logprobs from a fixed table, explanations from a function, costs from a clock.
+
+    A prompt costs `seconds_per_token` per word it holds (its "tokens"); a
+    generation also `seconds_per_step` per token asked for. Calls in flight are
+    counted, and a cancelled call counts as aborted.
+    """
+
+    def __init__(
+        self,
+        logprobs=None,
+        reply=lambda messages: " it is a great sci-fi film.",
+        fail=None,
+        seconds_per_token=0.0,
+        seconds_per_step=0.0,
+    ):
+        self.logprobs = logprobs if logprobs is not None else {" A": -0.1}
+        self.reply = reply
+        self.fail = fail
+        self.seconds_per_token = seconds_per_token
+        self.seconds_per_step = seconds_per_step
+        self.prompts: list[list[dict[str, str]]] = []
+        self.batches: list[int] = []
+        self.max_tokens: list[int] = []
+        self.in_flight = 0
+        self.aborted = 0
+        self.closed = False
+
+    def count_tokens(self, messages):
+        return sum(len(m["content"].split()) for m in messages)
+
+    async def _run(self, messages, seconds):
+        self.prompts.append(messages)
+        self.in_flight += 1
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            self.aborted += 1
+            raise
+        finally:
+            self.in_flight -= 1
+        if self.fail:
+            raise self.fail(messages)
+
+    async def score(self, messages):
+        await self._run(messages, self.count_tokens(messages) * self.seconds_per_token)
+        tokens = self.count_tokens(messages)
+        return EngineOutput(logprobs=dict(self.logprobs), prompt_tokens=tokens, output_tokens=1)
+
+    async def generate(self, batch, max_tokens, temperature=0.0, seed=None):
+        self.batches.append(len(batch))
+        self.max_tokens.append(max_tokens)
+        cost = max_tokens * self.seconds_per_step
+        await asyncio.gather(
+            *(self._run(m, self.count_tokens(m) * self.seconds_per_token + cost) for m in batch)
+        )
+        return [
+            EngineOutput(
+                text=self.reply(m),
+                prompt_tokens=self.count_tokens(m),
+                cached_tokens=self.count_tokens(m) // 2,
+                output_tokens=max_tokens,
+            )
+            for m in batch
+        ]
+
+    def running(self):
+        return self.in_flight
+
+    def describe(self):
+        return {"dtype": "float32", "dtype_reason": "scripted"}
+
+    def shutdown(self):
+        self.closed = True

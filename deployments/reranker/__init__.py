@@ -4,20 +4,23 @@ The Serve wrapper lives in `deployments.reranker.deployment` (imported on its
 own so that this package stays importable without Ray).
 """
 
-from deployments.reranker.core import (
+from deployments.reranker.budget import Admission, EngineCost
+from deployments.reranker.core import Explanation, RerankerCore, RerankFailed, RerankOutcome
+from deployments.reranker.engine import (
     EngineFailed,
+    EngineOutput,
     PromptTooLong,
     RerankEngine,
-    RerankerCore,
-    RerankFailed,
     VllmEngine,
 )
 from deployments.reranker.prompts import (
     LETTERS,
     Candidate,
+    PromptContext,
     blend,
     build_explain_prompt,
     build_rerank_prompt,
+    check_reason,
     display_title,
     explanation_from,
     letter_scores,
@@ -27,16 +30,23 @@ from deployments.reranker.prompts import (
 
 __all__ = [
     "LETTERS",
+    "Admission",
     "Candidate",
+    "EngineCost",
     "EngineFailed",
+    "EngineOutput",
+    "Explanation",
+    "PromptContext",
     "PromptTooLong",
     "RerankEngine",
     "RerankFailed",
+    "RerankOutcome",
     "RerankerCore",
     "VllmEngine",
     "blend",
     "build_explain_prompt",
     "build_rerank_prompt",
+    "check_reason",
     "display_title",
     "explanation_from",
     "letter_scores",

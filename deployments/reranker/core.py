@@ -1,25 +1,34 @@
 """The reranker core: LLM scoring of candidates and grounded explanations, no Ray.
 
-`RerankerCore` holds the ranking and fallback logic; the LLM comes in through
-the `RerankEngine` seam, whose default implementation `VllmEngine` runs vLLM's
-`AsyncLLM` in this process (its engine core is a spawned child process).
+`RerankerCore` holds the ranking, budgeting and fallback logic; the LLM comes
+in through the `RerankEngine` seam (`deployments.reranker.engine`). Every call
+carries the caller's deadline (a `time.time()` value). Work is sized to it
+from the engine's measured costs (`EngineCost`): a rerank letters fewer
+candidates, an explanation gets fewer tokens, and work that cannot finish in
+time is refused at once (`DeadlineExceeded`) instead of started. A full queue
+is `Overloaded` at once. Work that is running when the deadline passes is
+aborted in the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import uuid
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, TypeVar
 
 from deployments.config import RerankerConfig
-from deployments.errors import BackendFailed
+from deployments.errors import BackendFailed, DeadlineExceeded, Overloaded
+from deployments.reranker.budget import Admission, EngineCost
+from deployments.reranker.engine import EngineFailed, PromptTooLong, RerankEngine, VllmEngine
 from deployments.reranker.prompts import (
     LETTERS,
     Candidate,
+    PromptContext,
     blend,
     build_explain_prompt,
     build_rerank_prompt,
@@ -29,190 +38,81 @@ from deployments.reranker.prompts import (
 )
 from retrieval.models import resolve_llm
 
-__all__ = [
-    "PLAIN_SENTENCE",
-    "EngineFailed",
-    "PromptTooLong",
-    "RerankEngine",
-    "RerankFailed",
-    "RerankerCore",
-    "VllmEngine",
-]
+__all__ = ["Explanation", "RerankFailed", "RerankOutcome", "RerankerCore"]
 
 log = logging.getLogger(__name__)
 
-_TOP_LOGPROBS = 20
-PLAIN_SENTENCE = r"[^\"“”<>\n]{3,300}[.!?]"
-"""What `VllmEngine.generate` may produce: one sentence without quotes, markup or newlines."""
-_HEALTH_PROBE = [{"role": "user", "content": "Say OK."}]
 _UNSCORED_STEP = 1e-3
+_LOGPROB_DECIMALS = 2
+"""Letter log-probabilities are rounded before ordering: a cold prompt and a prefix-cached
+one differ in the last digits, and ties then fall back to the retrieval order."""
+_TEXT_SHARES = (1.0, 0.25, 0.0)
+"""Item-text lengths tried, as shares of `item_text_chars`, until a prompt fits its budget."""
+_RECENT_CONTEXTS = 256
+_RETRY_TEMPERATURE = 0.7
+"""Later explanation rounds sample, so a reason that failed its checks is not written again."""
 _T = TypeVar("_T")
 
 
-class EngineFailed(RuntimeError):
-    """The LLM engine could not answer (dead engine, rejected or failed request)."""
+class RerankFailed(BackendFailed):
+    """The LLM engine failed (a 502 `BackendFailed`; the router degrades the stage)."""
 
 
-class PromptTooLong(EngineFailed):
-    """The prompt does not fit the engine's context (`max_model_len`)."""
+@dataclass(frozen=True)
+class RerankOutcome:
+    """A rerank: `(candidate index, score)` for every candidate, best first, and its prompt.
 
-
-class RerankFailed(BackendFailed, RuntimeError):
-    """The reranker could not answer: a 502 `BackendFailed` that is also a `RuntimeError`.
-
-    Callers that degrade on `RuntimeError` (the router skips the stage) catch it
-    in-process and through Ray handles alike.
+    The first `lettered` candidates by retrieval score were in the prompt, with
+    item texts cut to `item_text_chars`; `explain` given the same context and
+    text length reuses that prompt's KV blocks.
     """
 
+    order: list[tuple[int, float]]
+    lettered: int
+    item_text_chars: int
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
 
-@runtime_checkable
-class RerankEngine(Protocol):
-    """An LLM that scores next tokens and generates short texts from chat messages.
 
-    `messages` are OpenAI-style `{"role", "content"}` dicts; when the last one
-    is an assistant message the engine continues it (a prefill) instead of
-    opening a new assistant turn. `next_token_logprobs(messages)` returns
-    next-token log-probabilities keyed by the decoded token string (for
-    example `" A"`): at least the 20 most likely tokens, or the single-letter
-    tokens. `generate(messages, max_tokens)` returns the greedy continuation,
-    at most `max_tokens` tokens, cut at the first newline. Both raise
-    `RuntimeError` subclasses: `PromptTooLong` when the messages do not fit
-    the context, `EngineFailed` for any other engine failure. `shutdown()`
-    releases the engine; it is idempotent.
+@dataclass(frozen=True)
+class Explanation:
+    """One item's reason, where it came from, and why a generated one was replaced.
+
+    `check` is `"ok"` for an accepted generated reason, else the failed check
+    (`too_short`, `markup`, `not_about_item`, `contradicts_catalog`,
+    `invented_title`, `prompt_too_long`, `nothing_to_name`).
     """
 
-    async def next_token_logprobs(self, messages: list[dict[str, str]]) -> dict[str, float]: ...
-
-    async def generate(self, messages: list[dict[str, str]], max_tokens: int) -> str: ...
-
-    def shutdown(self) -> None: ...
+    text: str
+    source: Literal["llm", "template"]
+    check: str
 
 
-class VllmEngine:
-    """`RerankEngine` on vLLM's `AsyncLLM`, started in the constructor (tens of seconds on CPU).
+@dataclass
+class _StageStats:
+    calls: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
 
-    Prefix caching is on, so prompts sharing a history (the rerank prompt and
-    the explanation prompts of one request) reuse computed KV blocks. On CPU
-    the KV cache is `config.kv_cache_gib` GiB and CUDA graphs are off; on GPU
-    vLLM takes `config.gpu_memory_utilization` of the device memory. Scoring
-    returns the logprobs of exactly the single-letter tokens (bare and with a
-    leading space) rather than the top 20, so no candidate letter is missing.
-    Generation is constrained (vLLM structured outputs, regex `PLAIN_SENTENCE`)
-    to one sentence of plain text: no quotes, markup or line breaks can be
-    produced, so a reason cannot quote an invented title or inject a tag.
-    """
+    def add(self, prompt: int, cached: int) -> None:
+        self.calls += 1
+        self.prompt_tokens += prompt
+        self.cached_tokens += cached
 
-    def __init__(self, config: RerankerConfig, model: str) -> None:
-        import torch
-        from vllm import SamplingParams
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.sampling_params import RequestOutputKind
-        from vllm.v1.engine.async_llm import AsyncLLM
+    def as_json(self) -> dict[str, float]:
+        hit = self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+        return {
+            "calls": self.calls,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "prefix_cache_hit_rate": round(hit, 4),
+        }
 
-        on_gpu = torch.cuda.is_available()
-        if not on_gpu:
-            # vLLM's CPU backend reads its KV-cache size only from the environment.
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
-        args = AsyncEngineArgs(
-            model=model,
-            dtype=config.dtype,
-            max_model_len=config.max_model_len,
-            enable_prefix_caching=True,
-            enforce_eager=not on_gpu,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            max_logprobs=_TOP_LOGPROBS,
-            seed=0,
-            disable_log_stats=True,
-        )
-        self._max_model_len = config.max_model_len
-        self._llm: Any = AsyncLLM.from_engine_args(args)
-        self._tokenizer = self._llm.get_tokenizer()
-        self._letter_ids = self._single_letter_ids()
-        # vLLM takes either top-k logprobs or the logprobs of named tokens, not both;
-        # the named letter tokens give every candidate an exact score.
-        self._score_params = SamplingParams(
-            max_tokens=1,
-            temperature=0.0,
-            logprobs=None if self._letter_ids else _TOP_LOGPROBS,
-            logprob_token_ids=self._letter_ids or None,
-            output_kind=RequestOutputKind.FINAL_ONLY,
-        )
 
-    def _single_letter_ids(self) -> list[int]:
-        """Token ids that decode to one candidate letter, bare or after a space."""
-        ids: set[int] = set()
-        for letter in LETTERS:
-            for text in (letter, f" {letter}"):
-                encoded = self._tokenizer.encode(text, add_special_tokens=False)
-                if len(encoded) == 1:
-                    ids.add(encoded[0])
-        return sorted(ids)
-
-    async def _engine_input(self, messages: list[dict[str, str]]) -> Any:
-        """Chat template applied here (prefill-aware), then vLLM's renderer builds the input."""
-        prefill = bool(messages) and messages[-1]["role"] == "assistant"
-        text = self._tokenizer.apply_chat_template(
-            messages,
-            tokenize=False,
-            add_generation_prompt=not prefill,
-            continue_final_message=prefill,
-        )
-        ids = self._tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) >= self._max_model_len:
-            raise PromptTooLong(f"prompt of {len(ids)} tokens, context is {self._max_model_len}")
-        prompt = {"prompt_token_ids": ids}
-        renderer = getattr(self._llm, "renderer", None)
-        if renderer is None:  # vLLM before the renderer API takes token prompts as they are
-            return prompt
-        (engine_input,) = await renderer.render_cmpl_async([prompt])
-        return engine_input
-
-    async def _final(self, messages: list[dict[str, str]], params: Any) -> Any:
-        from vllm.exceptions import VLLMError
-
-        if self._llm is None:
-            raise EngineFailed("vLLM engine is shut down")
-        final = None
-        try:
-            engine_input = await self._engine_input(messages)
-            async for out in self._llm.generate(engine_input, params, uuid.uuid4().hex):
-                final = out
-        except VLLMError as exc:
-            raise EngineFailed(f"vLLM request failed: {exc}") from exc
-        if final is None or not final.outputs:
-            raise EngineFailed("vLLM returned no output")
-        return final.outputs[0]
-
-    async def next_token_logprobs(self, messages: list[dict[str, str]]) -> dict[str, float]:
-        out = await self._final(messages, self._score_params)
-        if not out.logprobs:
-            raise EngineFailed("vLLM returned no logprobs")
-        scores: dict[str, float] = {}
-        for token_id, entry in out.logprobs[0].items():
-            token = entry.decoded_token
-            if token is None:
-                token = self._tokenizer.decode([token_id])
-            scores[token] = max(entry.logprob, scores.get(token, float("-inf")))
-        return scores
-
-    async def generate(self, messages: list[dict[str, str]], max_tokens: int) -> str:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
-
-        params = SamplingParams(
-            max_tokens=max_tokens,
-            temperature=0.0,
-            stop=["\n"],
-            structured_outputs=StructuredOutputsParams(regex=PLAIN_SENTENCE),
-            output_kind=RequestOutputKind.FINAL_ONLY,
-        )
-        out = await self._final(messages, params)
-        return str(out.text)
-
-    def shutdown(self) -> None:
-        if self._llm is not None:
-            llm, self._llm = self._llm, None
-            llm.shutdown()
+@dataclass
+class _Stats:
+    rerank: _StageStats = field(default_factory=_StageStats)
+    explain: _StageStats = field(default_factory=_StageStats)
 
 
 class RerankerCore:
@@ -220,8 +120,8 @@ class RerankerCore:
 
     `engine` defaults to a `VllmEngine` on `config.model`, resolved against
     `models_dir` (the offline name needs `llmrec models prepare` first).
-    Engine failures surface as `RerankFailed` (a `BackendFailed`) so the
-    caller can degrade.
+    `warm_up()` runs a real rerank and a real explanation and calibrates the
+    cost model; `check_health()` fails until it has.
     """
 
     def __init__(
@@ -236,120 +136,325 @@ class RerankerCore:
             if engine is not None
             else VllmEngine(config, resolve_llm(config.model, models_dir))
         )
+        self.cost = EngineCost()
+        self.admission = Admission(config.max_pending)
+        self.stats = _Stats()
+        self.warmed = False
+        self._always_cached = 0  # tokens every prompt shares (system message, instructions)
+        self._scored: OrderedDict[tuple, int] = OrderedDict()  # context key -> shared tokens
+
+    # --- rerank ---------------------------------------------------------------
 
     async def rerank(
         self,
-        history_titles: Sequence[str],
-        query: str | None,
-        candidates: Sequence[Candidate],
+        context: PromptContext,
         retrieval_scores: Sequence[float],
         weight: float | None = None,
-    ) -> list[tuple[int, float]]:
-        """`(candidate index, score)` for every candidate, best first.
+        deadline: float | None = None,
+        explain_after: int = 0,
+    ) -> RerankOutcome:
+        """Every candidate of `context`, best first, with the prompt that scored them.
 
         The `config.max_candidates` best by retrieval score are lettered into
         one prompt and scored in a single forward step; their score is the
         blend of normalised retrieval and letter log-probability scores (0..1,
-        weight `weight`, else `config.rerank_weight`; the router passes the
-        weight tuned by `llmrec eval --tune`). The others follow in retrieval order
-        with scores just below the lowest blended one. Raises `ValueError` when
-        the lists differ in length, `RerankFailed` when the engine fails.
+        weight `weight`, else `config.rerank_weight`). The others follow in
+        retrieval order with scores just below the lowest blended one. When the
+        prompt would not finish before `deadline` (leaving time to explain
+        `explain_after` items), fewer candidates are lettered; when even two
+        would not, `DeadlineExceeded`. Raises `ValueError` when the lists
+        differ in length, `Overloaded` when the queue is full, `RerankFailed`
+        when the engine fails.
         """
+        candidates = context.candidates
         if len(candidates) != len(retrieval_scores):
             raise ValueError("candidates and retrieval_scores must have the same length")
         by_retrieval = sorted(range(len(candidates)), key=lambda i: -retrieval_scores[i])
         head = by_retrieval[: self.config.max_candidates]
-        tail = by_retrieval[self.config.max_candidates :]
         if len(head) < 2:
-            scored = [(i, 1.0) for i in head]
-        else:
-            llm = await self._score_letters(history_titles, query, [candidates[i] for i in head])
-            share = self.config.rerank_weight if weight is None else weight
-            blended = blend([retrieval_scores[i] for i in head], llm, share)
-            order = sorted(range(len(head)), key=lambda j: -blended[j])
-            scored = [(head[j], blended[j]) for j in order]
-        lowest = scored[-1][1] if scored else 0.0
-        rest = [(i, lowest - _UNSCORED_STEP * (k + 1)) for k, i in enumerate(tail)]
-        return scored + rest
+            return RerankOutcome([(i, 1.0) for i in by_retrieval], len(head), 0)
+        reserve = self._explain_estimate(explain_after) if explain_after else 0.0
+        budget = None if deadline is None else deadline - reserve
+        ordered = _with_candidates(context, [candidates[i] for i in head])
+        messages, n, text_chars, estimate = self._fit_rerank(ordered, budget)
+        lettered = _with_candidates(context, ordered.candidates[:n])
+        with self.admission.admit(estimate, budget):
+            started = time.perf_counter()
+            out = await self._call(self.engine.score(messages), deadline)
+        self._record_score(lettered, text_chars, out.prompt_tokens, out.cached_tokens, started)
+        llm = [round(v, _LOGPROB_DECIMALS) for v in letter_scores(out.logprobs or {}, n)]
+        share = self.config.rerank_weight if weight is None else weight
+        blended = blend([retrieval_scores[i] for i in head[:n]], llm, share)
+        order = sorted(range(n), key=lambda j: -blended[j])  # stable: ties keep retrieval order
+        scored = [(head[j], blended[j]) for j in order]
+        lowest = scored[-1][1]
+        rest = [(i, lowest - _UNSCORED_STEP * (k + 1)) for k, i in enumerate(by_retrieval[n:])]
+        return RerankOutcome(scored + rest, n, text_chars, out.prompt_tokens, out.cached_tokens)
 
-    async def _score_letters(
-        self, history_titles: Sequence[str], query: str | None, head: list[Candidate]
-    ) -> list[float]:
-        """Letter scores of `head`; item texts shrink (to a quarter, then none) until it fits."""
+    def _text_chars(self, context: PromptContext) -> int:
+        """The longest item text (of `_TEXT_SHARES`) whose rerank prompt fits `prompt_tokens`."""
         full = self.config.item_text_chars
-        for text_chars in (full, full // 4):
-            try:
-                return await self._letters_at(history_titles, query, head, text_chars)
-            except RerankFailed as exc:
-                if not isinstance(exc.__cause__, PromptTooLong):
-                    raise
-        return await self._letters_at(history_titles, query, head, 0)
+        for share in _TEXT_SHARES:
+            chars = int(full * share)
+            messages = build_rerank_prompt(context, item_text_chars=chars)
+            if self.engine.count_tokens(messages) <= self.config.prompt_tokens:
+                return chars
+        return 0
 
-    async def _letters_at(
-        self,
-        history_titles: Sequence[str],
-        query: str | None,
-        head: list[Candidate],
-        text_chars: int,
-    ) -> list[float]:
-        messages = build_rerank_prompt(history_titles, query, head, item_text_chars=text_chars)
-        logprobs = await self._call(self.engine.next_token_logprobs(messages))
-        return letter_scores(logprobs, len(head))
+    def _fit_rerank(
+        self, context: PromptContext, budget: float | None
+    ) -> tuple[list[dict[str, str]], int, int, float]:
+        """The largest lettered head (halving from all of it, at least 2) that fits `budget`."""
+        n = len(context.candidates)
+        while True:
+            lettered = _with_candidates(context, context.candidates[:n])
+            chars = self._text_chars(lettered)
+            messages = build_rerank_prompt(lettered, item_text_chars=chars)
+            tokens = self.engine.count_tokens(messages)
+            estimate = self.cost.predict(max(tokens - self._always_cached, 1))
+            if n <= 2 or self.admission.fits(estimate, budget):
+                return messages, n, chars, estimate
+            n = max(n // 2, 2)
+
+    def _record_score(
+        self, context: PromptContext, chars: int, prompt: int, cached: int, started: float
+    ) -> None:
+        self.cost.observe_prefill(prompt - cached, time.perf_counter() - started)
+        self.stats.rerank.add(prompt, cached)
+        key = _context_key(context, chars)
+        shared = self.engine.count_tokens(build_rerank_prompt(context, item_text_chars=chars))
+        self._scored[key] = shared
+        self._scored.move_to_end(key)
+        while len(self._scored) > _RECENT_CONTEXTS:
+            self._scored.popitem(last=False)
+
+    # --- explain --------------------------------------------------------------
 
     async def explain(
         self,
-        history_titles: Sequence[str],
-        history_categories: Sequence[Sequence[str]],
-        query: str | None,
-        items: Sequence[Candidate],
-    ) -> list[tuple[str, bool]]:
-        """`(explanation, grounded)` per item, generated concurrently.
+        context: PromptContext,
+        targets: Sequence[int],
+        item_text_chars: int | None = None,
+        deadline: float | None = None,
+    ) -> list[Explanation]:
+        """One `Explanation` per index in `targets` (lettered candidates of `context`).
 
-        The model completes a sentence that already names the user's history or
-        query. When the result fails validation (too short, an invented title),
-        the prompt does not fit the context, or there is no history or query to
-        name, `template_reason` is used and reported with `grounded=False`.
-        Raises `RerankFailed` when the engine fails.
+        All prompts go to the engine as one batch; they start with the rerank
+        prompt of the same context and `item_text_chars` (default
+        `config.item_text_chars`), so a rerank just before leaves their shared
+        part in the prefix cache. Each gets as many tokens as the time to
+        `deadline` allows, at most `config.explain_max_tokens`; when fewer than
+        `config.explain_min_tokens` fit, `DeadlineExceeded`. Reasons that fail
+        `explanation_from` are asked for again, sampled, while time is left (at
+        most `config.explain_attempts` rounds in all); what still fails, or a
+        prompt too long for the context, gets the template reason. Raises
+        `Overloaded` when the queue is full and `RerankFailed` when the engine
+        fails.
         """
-
-        async def one(item: Candidate) -> tuple[str, bool]:
-            if history_titles or (query and query.strip()):
-                messages = build_explain_prompt(
-                    history_titles,
-                    query,
-                    item,
-                    item_text_chars=self.config.item_text_chars,
-                    history_categories=history_categories,
+        if not targets:
+            return []
+        limit = min(len(context.candidates), len(LETTERS))
+        if any(not 0 <= t < limit for t in targets):
+            raise ValueError("targets must index lettered candidates of the context")
+        if not context.history_titles and not (context.query and context.query.strip()):
+            return [self._template(context, t, "nothing_to_name") for t in targets]
+        chars = self.config.item_text_chars if item_text_chars is None else item_text_chars
+        prompts = {t: build_explain_prompt(context, t, item_text_chars=chars) for t in targets}
+        done: dict[int, Explanation] = {}
+        failed: dict[int, str] = {}
+        for attempt in range(self.config.explain_attempts):
+            todo = [t for t in targets if t not in done]
+            if not todo:
+                break
+            try:
+                texts = await self._generate(
+                    context, chars, [prompts[t] for t in todo], deadline, attempt
                 )
-                try:
-                    generated = await self._call(
-                        self.engine.generate(messages, self.config.explain_max_tokens)
-                    )
-                except RerankFailed as exc:
-                    if not isinstance(exc.__cause__, PromptTooLong):
-                        raise
-                    generated = ""
-                valid = explanation_from(messages, generated, history_titles, query, item)
-                if valid is not None:
-                    return valid, True
-            return template_reason(item, history_titles, history_categories, query), False
+            except (DeadlineExceeded, Overloaded):
+                if attempt == 0:
+                    raise
+                break  # the first round's answers stand; no time or room for another
+            except PromptTooLong:
+                return [self._template(context, t, "prompt_too_long") for t in targets]
+            for t, text in zip(todo, texts, strict=True):
+                sentence, check = explanation_from(prompts[t], text, context, context.candidates[t])
+                if sentence is not None:
+                    done[t] = Explanation(sentence, "llm", "ok")
+                else:
+                    failed[t] = check
+        return [done.get(t) or self._template(context, t, failed[t]) for t in targets]
 
-        return list(await asyncio.gather(*(one(item) for item in items)))
+    async def _generate(
+        self,
+        context: PromptContext,
+        chars: int,
+        prompts: list[list[dict[str, str]]],
+        deadline: float | None,
+        attempt: int,
+    ) -> list[str]:
+        """One round of explanations: greedy first, sampled (seeded by round) on later rounds."""
+        new_tokens = self._explain_new_tokens(context, chars, prompts)
+        max_tokens = self._explain_tokens(new_tokens, deadline)
+        estimate = self.cost.predict(new_tokens, max_tokens)
+        with self.admission.admit(estimate, deadline):
+            started = time.perf_counter()
+            try:
+                outs = await self._call(
+                    self.engine.generate(
+                        prompts,
+                        max_tokens,
+                        temperature=_RETRY_TEMPERATURE if attempt else 0.0,
+                        seed=attempt or None,
+                    ),
+                    deadline,
+                )
+            except RerankFailed as exc:
+                if isinstance(exc.__cause__, PromptTooLong):
+                    raise exc.__cause__ from exc
+                raise
+        seconds = time.perf_counter() - started
+        computed = sum(o.prompt_tokens - o.cached_tokens for o in outs)
+        steps = max((o.output_tokens for o in outs), default=0)
+        self.cost.observe_generate(computed, steps, seconds)
+        for o in outs:
+            self.stats.explain.add(o.prompt_tokens, o.cached_tokens)
+        return [o.text for o in outs]
+
+    def _explain_new_tokens(
+        self, context: PromptContext, chars: int, prompts: list[list[dict[str, str]]]
+    ) -> int:
+        """Prompt tokens the engine will compute: what the prefix cache cannot serve."""
+        shared = self._scored.get(_context_key(context, chars), self._always_cached)
+        total = sum(self.engine.count_tokens(m) for m in prompts)
+        # A prefix is cached in whole blocks; each prompt recomputes up to one more.
+        return max(total - len(prompts) * max(shared - self.config.block_size, 0), len(prompts))
+
+    def _explain_tokens(self, new_tokens: int, deadline: float | None) -> int:
+        """Tokens per explanation that fit before `deadline` behind the work in flight."""
+        most = self.config.explain_max_tokens
+        if deadline is None:
+            return most
+        left = deadline - time.time() - self.admission.backlog_s()
+        fit = int((left - self.cost.predict(new_tokens)) / max(self.cost.step_s, 1e-6)) + 1
+        if fit < self.config.explain_min_tokens:
+            need = self.cost.predict(new_tokens, self.config.explain_min_tokens)
+            raise DeadlineExceeded(f"explanations need ~{need:.2f} s, {max(left, 0.0):.2f} s left")
+        return min(fit, most)
+
+    def _explain_estimate(self, n: int) -> float:
+        """Seconds to explain `n` items at the fewest tokens, their shared prefix cached."""
+        tail = 48 + self.config.block_size  # task line + prefill, plus a partly cached block
+        return self.cost.predict(n * tail, self.config.explain_min_tokens)
+
+    @staticmethod
+    def _template(context: PromptContext, target: int, check: str) -> Explanation:
+        item = context.candidates[target]
+        reason = template_reason(
+            item, context.history_titles, context.history_categories, context.query
+        )
+        return Explanation(reason, "template", check)
+
+    # --- lifecycle --------------------------------------------------------------
+
+    async def warm_up(self) -> dict[str, Any]:
+        """A real rerank and real explanations of two made-up users; calibrates the costs.
+
+        The first user's prompts are cold, the second's share only the fixed
+        instructions with them: what every request can count on being cached.
+        """
+        # The engine's very first forward pass is several times slower than any later one.
+        await self._call(
+            self.engine.score(build_rerank_prompt(_WARM_UP[1], item_text_chars=0)), None
+        )
+        first = await self.rerank(_WARM_UP[0], _WARM_UP_SCORES)
+        explained = await self.explain(
+            _WARM_UP[0], [i for i, _ in first.order[:3]], item_text_chars=first.item_text_chars
+        )
+        second = await self.rerank(_WARM_UP[1], _WARM_UP_SCORES)
+        self._always_cached = second.cached_tokens
+        self.warmed = True
+        report = {
+            "rerank_prompt_tokens": first.prompt_tokens,
+            "always_cached_tokens": self._always_cached,
+            "explanations": [f"{e.source}:{e.check}" for e in explained],
+            **self.cost.as_json(),
+        }
+        log.info("reranker warmed up: %s", report)
+        return report
 
     async def check_health(self) -> None:
-        """One real scoring step through the engine; raises `RerankFailed` if it fails."""
-        logprobs = await self._call(self.engine.next_token_logprobs(_HEALTH_PROBE))
-        if not logprobs:
+        """Fails until `warm_up` has run, or when the engine cannot score a prompt."""
+        if not self.warmed:
+            raise RerankFailed("reranker is still warming up")
+        messages = build_rerank_prompt(_WARM_UP[1], item_text_chars=0)
+        out = await self._call(self.engine.score(messages), None)
+        if not out.logprobs:
             raise RerankFailed("reranker engine returned no logprobs")
+
+    def describe(self) -> dict[str, Any]:
+        """Engine settings, learnt costs, queue and prefix-cache figures (for `/v1/health`)."""
+        return {
+            **self.engine.describe(),
+            "warmed": self.warmed,
+            "cost": self.cost.as_json(),
+            "pending": self.admission.pending,
+            "refused": dict(self.admission.refused),
+            "rerank": self.stats.rerank.as_json(),
+            "explain": self.stats.explain.as_json(),
+        }
 
     def shutdown(self) -> None:
         """Stop the engine (idempotent)."""
         self.engine.shutdown()
 
     @staticmethod
-    async def _call(awaitable: Awaitable[_T]) -> _T:
+    async def _call(awaitable: Awaitable[_T], deadline: float | None) -> _T:
+        """Await an engine call until `deadline`; past it the call is cancelled (and aborted)."""
         try:
-            return await awaitable
-        except RuntimeError as exc:
+            if deadline is None:
+                return await awaitable
+            left = max(deadline - time.time(), 0.0)
+            return await asyncio.wait_for(awaitable, timeout=left)
+        except TimeoutError as exc:
+            raise DeadlineExceeded("LLM work passed its deadline and was aborted") from exc
+        except EngineFailed as exc:
             log.warning("reranker engine failed: %s", exc)
             raise RerankFailed(f"reranker engine failed: {exc}") from exc
+
+
+def _with_candidates(context: PromptContext, candidates: list[Candidate]) -> PromptContext:
+    return PromptContext(
+        context.history_titles, context.history_categories, context.query, candidates
+    )
+
+
+def _context_key(context: PromptContext, chars: int) -> tuple:
+    return (
+        tuple(context.history_titles),
+        context.query,
+        tuple(c.item_id for c in context.candidates),
+        chars,
+    )
+
+
+def _warm_up_contexts() -> list[PromptContext]:
+    genres = ["Drama", "Comedy", "Sci-Fi", "Thriller", "Romance"]
+    users = []
+    for u, (history, query) in enumerate(
+        ((["Quiet Harbour (1994)", "The Long Winter (2001)"], None), ([], "a funny road trip"))
+    ):
+        candidates = [
+            Candidate(
+                item_id=f"warm-{u}-{i}",
+                title=f"Sample Story {u}-{i}",
+                text=f"A {genres[i % 5].lower()} about a town, a journey and an old promise.",
+                categories=[genres[i % 5]],
+            )
+            for i in range(10)
+        ]
+        users.append(PromptContext(history, [["Drama"]] * len(history), query, candidates))
+    return users
+
+
+_WARM_UP = _warm_up_contexts()
+_WARM_UP_SCORES = [1.0 - i / 20 for i in range(10)]

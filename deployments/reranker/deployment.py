@@ -3,44 +3,55 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ray import serve
 
 from deployments.config import RerankerConfig
-from deployments.reranker.core import RerankerCore
-from deployments.reranker.prompts import Candidate
+from deployments.reranker.core import Explanation, RerankerCore, RerankOutcome
+from deployments.reranker.prompts import PromptContext
 
 __all__ = ["Reranker"]
 
 
 @serve.deployment(health_check_period_s=30)
 class Reranker:
-    """One vLLM engine per replica; concurrent requests are batched by the engine itself."""
+    """One vLLM engine per replica; concurrent requests are batched by the engine itself.
+
+    The replica becomes ready only after a real rerank and real explanations
+    (`RerankerCore.warm_up`), so no user request meets a cold engine.
+    """
 
     # Ray Serve awaits an async constructor; type checkers expect `__init__` to return None.
     async def __init__(self, config: dict, models_dir: str) -> None:  # type: ignore[misc]
         self.core = RerankerCore(RerankerConfig.model_validate(config), Path(models_dir))
-        # The first step through a fresh engine is several times slower; take it before traffic.
-        await self.core.check_health()
+        await self.core.warm_up()
 
     async def rerank(
         self,
-        history_titles: list[str],
-        query: str | None,
-        candidates: list[Candidate],
+        context: PromptContext,
         retrieval_scores: list[float],
         weight: float | None = None,
-    ) -> list[tuple[int, float]]:
-        return await self.core.rerank(history_titles, query, candidates, retrieval_scores, weight)
+        deadline: float | None = None,
+        explain_after: int = 0,
+    ) -> RerankOutcome:
+        return await self.core.rerank(
+            context, retrieval_scores, weight, deadline=deadline, explain_after=explain_after
+        )
 
     async def explain(
         self,
-        history_titles: list[str],
-        history_categories: list[list[str]],
-        query: str | None,
-        items: list[Candidate],
-    ) -> list[tuple[str, bool]]:
-        return await self.core.explain(history_titles, history_categories, query, items)
+        context: PromptContext,
+        targets: list[int],
+        item_text_chars: int | None = None,
+        deadline: float | None = None,
+    ) -> list[Explanation]:
+        return await self.core.explain(
+            context, targets, item_text_chars=item_text_chars, deadline=deadline
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return self.core.describe()
 
     async def check_health(self) -> None:
         await self.core.check_health()

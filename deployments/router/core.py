@@ -36,8 +36,15 @@ from typing import Protocol
 import numpy as np
 
 from deployments.config import AppConfig, RouterConfig
-from deployments.errors import BackendFailed, DeadlineExceeded, NotFound, Unavailable
-from deployments.reranker.prompts import Candidate
+from deployments.errors import (
+    BackendFailed,
+    DeadlineExceeded,
+    NotFound,
+    Overloaded,
+    Unavailable,
+)
+from deployments.reranker.core import Explanation, RerankOutcome
+from deployments.reranker.prompts import Candidate, PromptContext
 from deployments.router.schemas import RecommendedItem, RecommendRequest, RecommendResponse
 from retrieval.collab import AlsModel, ItemKNN
 from retrieval.fusion import FEATURES, FusionWeights, fuse
@@ -70,32 +77,34 @@ class ShardClient(Protocol):
 class RerankClient(Protocol):
     """The reranker as the router sees it (a Serve handle or a local `RerankerCore`).
 
-    `rerank` returns `(candidate index, score)` for every candidate, best first;
-    when `weight` is given it replaces the reranker's configured LLM share of
-    the blend. `explain` returns `(text, grounded)` per item. Failures raise
-    `RuntimeError`/`ConnectionError`/`TimeoutError`, which the router degrades.
+    The contract is `RerankerCore.rerank` / `RerankerCore.explain`: `deadline`
+    is the request's deadline as a `time.time()` value, and the reranker
+    neither starts nor keeps running work past it. Failures the router
+    degrades on: `BackendFailed` (the engine failed), `Overloaded` (queue
+    full), `DeadlineExceeded` (would not finish in time), and
+    `ConnectionError`/`TimeoutError` from the handle.
     """
 
     async def rerank(
         self,
-        history_titles: list[str],
-        query: str | None,
-        candidates: list[Candidate],
+        context: PromptContext,
         retrieval_scores: list[float],
         weight: float | None = None,
-    ) -> list[tuple[int, float]]: ...
+        deadline: float | None = None,
+        explain_after: int = 0,
+    ) -> RerankOutcome: ...
 
     async def explain(
         self,
-        history_titles: list[str],
-        history_categories: list[list[str]],
-        query: str | None,
-        items: list[Candidate],
-    ) -> list[tuple[str, bool]]: ...
+        context: PromptContext,
+        targets: list[int],
+        item_text_chars: int | None = None,
+        deadline: float | None = None,
+    ) -> list[Explanation]: ...
 
 
 _ANN, _KNN, _ALS, _POP = range(len(FEATURES))
-_STAGE_ERRORS = (TimeoutError, RuntimeError, ConnectionError, BackendFailed)
+_STAGE_ERRORS = (TimeoutError, ConnectionError, BackendFailed, Overloaded, DeadlineExceeded)
 
 
 @dataclass
@@ -117,15 +126,23 @@ class PoolEntry:
 
 @dataclass(frozen=True)
 class Answer:
-    """A response plus, per item, whether its explanation passed validation.
-
-    `grounded[i]` is True for a validated generated explanation, False for a
-    template reason that replaced an invalid one (or where nothing could be
-    named), None where no explanation was made.
-    """
+    """A response plus, per item, its `Explanation` (None where none was made)."""
 
     response: RecommendResponse
-    grounded: list[bool | None]
+    explanations: list[Explanation | None]
+
+    @property
+    def grounded(self) -> list[bool | None]:
+        """Per item: True for a generated reason that passed its checks, False for a template."""
+        return [None if e is None else e.source == "llm" for e in self.explanations]
+
+
+@dataclass
+class _LlmPrompt:
+    """What the rerank put in its prompt, so the explanations can share it."""
+
+    lettered: list[_Candidate]
+    item_text_chars: int | None = None
 
 
 def fusion_from_config(config: RouterConfig) -> FusionWeights:
@@ -139,9 +156,13 @@ def fusion_from_config(config: RouterConfig) -> FusionWeights:
 
 
 class _Clock:
-    def __init__(self, deadline_ms: int) -> None:
-        self.start = time.perf_counter()
+    """The request's deadline, counted from `arrived` (a `perf_counter` value; default now)."""
+
+    def __init__(self, deadline_ms: int, arrived: float | None = None) -> None:
+        self.start = time.perf_counter() if arrived is None else arrived
         self.deadline = self.start + deadline_ms / 1000.0
+        # The same instant on the wall clock, for stages in other processes.
+        self.deadline_unix = time.time() + (self.deadline - time.perf_counter())
         self.timings: dict[str, float] = {}
 
     def left(self) -> float:
@@ -187,25 +208,35 @@ class RouterCore:
             f, ann=max(f.ann, f.item_knn + f.als, 1e-6), popularity=0.0
         )
 
-    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
-        """The answer to `req` (see the module docstring for the stages and their errors)."""
-        return (await self.answer(req)).response
+    async def recommend(
+        self, req: RecommendRequest, arrived: float | None = None
+    ) -> RecommendResponse:
+        """The answer to `req` (see the module docstring for the stages and their errors).
 
-    async def answer(self, req: RecommendRequest) -> Answer:
-        """`recommend`, plus whether each explanation passed validation."""
-        clock = _Clock(req.deadline_ms or self.config.router.default_deadline_ms)
+        The deadline counts from `arrived` (`time.perf_counter()` when the
+        request reached the ingress; default now).
+        """
+        return (await self.answer(req, arrived)).response
+
+    async def answer(self, req: RecommendRequest, arrived: float | None = None) -> Answer:
+        """`recommend`, plus each item's `Explanation`."""
+        clock = _Clock(req.deadline_ms or self.config.router.default_deadline_ms, arrived)
         degraded: list[str] = []
         history_ids, history, candidates = await self._candidates(req, clock, degraded)
         ranked = sorted(candidates, key=lambda c: -c.score)
 
         reranked = False
         history_hits = [history[i][0] for i in history_ids]
+        n_explain = min(req.k, self.config.router.explain_top) if req.explain else 0
+        prompt = _LlmPrompt(lettered=[])
         if req.rerank and ranked:
-            ranked, reranked = await self._rerank(ranked, history_hits, req.query, clock, degraded)
+            ranked, reranked, prompt = await self._rerank(
+                ranked, history_hits, req.query, n_explain, clock, degraded
+            )
         final = ranked[: req.k]
-        explained: list[tuple[str, bool] | None] = [None] * len(final)
+        explained: list[Explanation | None] = [None] * len(final)
         if req.explain and final:
-            explained = await self._explain(final, history_hits, req.query, clock, degraded)
+            explained = await self._explain(final, prompt, history_hits, req.query, clock, degraded)
 
         clock.timings["total"] = round((time.perf_counter() - clock.start) * 1000.0, 2)
         response = RecommendResponse(
@@ -216,7 +247,8 @@ class RouterCore:
                     score=round(c.score, 6),
                     sources=c.sources,
                     categories=c.hit.categories,
-                    explanation=e[0] if e else None,
+                    explanation=e.text if e else None,
+                    explanation_source=e.source if e else None,
                 )
                 for c, e in zip(final, explained, strict=True)
             ],
@@ -225,7 +257,7 @@ class RouterCore:
             timings_ms=clock.timings,
             request_id=uuid.uuid4().hex,
         )
-        return Answer(response, [e[1] if e else None for e in explained])
+        return Answer(response, explained)
 
     async def candidate_pool(self, req: RecommendRequest) -> list[PoolEntry]:
         """The candidates of `req` with their fusion features, before ordering.
@@ -439,59 +471,67 @@ class RouterCore:
         ranked: list[_Candidate],
         history: list[Hit],
         query: str | None,
+        n_explain: int,
         clock: _Clock,
         degraded: list[str],
-    ) -> tuple[list[_Candidate], bool]:
+    ) -> tuple[list[_Candidate], bool, _LlmPrompt]:
         weight = self.fusion.rerank
         if weight == 0.0:
-            return ranked, False  # tuned off: the LLM could not change the order
+            return ranked, False, _LlmPrompt([])  # tuned off: the LLM could not change the order
         if self.reranker is None:
             degraded.append("rerank")
-            return ranked, False
+            return ranked, False, _LlmPrompt([])
         t = time.perf_counter()
         head = ranked[: self.config.reranker.max_candidates]
-        args: tuple = (
-            [h.title for h in history],
-            query,
-            [_as_prompt_item(c.hit) for c in head],
-            [c.score for c in head],
-        )
-        if weight is not None:
-            args = (*args, weight)
         try:
-            order = await asyncio.wait_for(
-                self.reranker.rerank(*args), timeout=max(clock.left(), 0.001)
+            outcome = await asyncio.wait_for(
+                self.reranker.rerank(
+                    _context(history, query, head),
+                    [c.score for c in head],
+                    weight,
+                    clock.deadline_unix,
+                    n_explain,
+                ),
+                timeout=max(clock.left(), 0.001),
             )
         except _STAGE_ERRORS:
             degraded.append("rerank")
             clock.lap("rerank", t)
-            return ranked, False
-        for idx, score in order:
+            return ranked, False, _LlmPrompt([])
+        for idx, score in outcome.order:
             head[idx].score = score
-        reordered = [head[idx] for idx, _ in order] + ranked[len(head) :]
+        reordered = [head[idx] for idx, _ in outcome.order] + ranked[len(head) :]
         clock.lap("rerank", t)
-        return reordered, True
+        return reordered, True, _LlmPrompt(head[: outcome.lettered], outcome.item_text_chars)
 
     async def _explain(
         self,
         final: list[_Candidate],
+        prompt: _LlmPrompt,
         history: list[Hit],
         query: str | None,
         clock: _Clock,
         degraded: list[str],
-    ) -> list[tuple[str, bool] | None]:
+    ) -> list[Explanation | None]:
         if self.reranker is None:
             degraded.append("explain")
             return [None] * len(final)
         t = time.perf_counter()
         n = min(len(final), self.config.router.explain_top)
+        # The rerank's lettered candidates first, in its order, so the explain prompts
+        # repeat its prompt and the engine serves that part from its prefix cache.
+        lettered = list(prompt.lettered)
+        for c in final[:n]:
+            if all(c is not other for other in lettered):
+                lettered.append(c)
+        targets = [next(j for j, c in enumerate(lettered) if c is item) for item in final[:n]]
         try:
             out = await asyncio.wait_for(
                 self.reranker.explain(
-                    [h.title for h in history],
-                    [h.categories for h in history],
-                    query,
-                    [_as_prompt_item(c.hit) for c in final[:n]],
+                    _context(history, query, lettered),
+                    targets,
+                    prompt.item_text_chars,
+                    clock.deadline_unix,
                 ),
                 timeout=max(clock.left(), 0.001),
             )
@@ -500,8 +540,16 @@ class RouterCore:
             clock.lap("explain", t)
             return [None] * len(final)
         clock.lap("explain", t)
-        explained: list[tuple[str, bool] | None] = [(text, bool(ok)) for text, ok in out]
-        return explained + [None] * (len(final) - n)
+        return list(out) + [None] * (len(final) - n)
+
+
+def _context(history: list[Hit], query: str | None, candidates: list[_Candidate]) -> PromptContext:
+    return PromptContext(
+        history_titles=[h.title for h in history],
+        history_categories=[h.categories for h in history],
+        query=query,
+        candidates=[_as_prompt_item(c.hit) for c in candidates],
+    )
 
 
 def _score_lookup(index: dict[str, int], scores: np.ndarray) -> Callable[[str], float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -44,15 +45,28 @@ HEALTH_TIMEOUT_S = 30.0
 
 
 class _Remote:
-    """Calls a deployment method; Ray failures surface as ConnectionError for the core."""
+    """Calls a deployment method; the one place Ray's failures are translated.
+
+    An `LlmrecError` raised in the replica (Ray re-raises it as an instance of
+    its own class) passes through as it is; any other Ray failure surfaces as
+    `ConnectionError`. When the caller stops waiting (its deadline passed, or
+    its client went away) the call is cancelled in the replica too: awaiting a
+    Serve response does not cancel it by itself.
+    """
 
     def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
 
     def __getattr__(self, method: str):
         async def call(*args):
+            response = getattr(self.handle, method).remote(*args)
             try:
-                return await getattr(self.handle, method).remote(*args)
+                return await response
+            except asyncio.CancelledError:
+                response.cancel()
+                raise
+            except LlmrecError:
+                raise
             except RayError as exc:
                 raise ConnectionError(f"{self.handle.deployment_name}.{method}: {exc}") from exc
 
@@ -134,9 +148,10 @@ class Router:
 
     @api.post("/v1/recommend")
     async def recommend(self, request: Request) -> Response:
+        arrived = time.perf_counter()
         check_auth(request.headers, self.config.router.api_keys)
         req = parse_recommend(await request.body(), self.config.router.max_body_bytes)
-        return recommend_response(await self.core.recommend(req))
+        return recommend_response(await self.core.recommend(req, arrived))
 
     @api.get("/v1/items/{item_id}")
     async def get_item(self, item_id: str, request: Request) -> Response:
@@ -226,8 +241,12 @@ class Router:
             for name, r in zip(probes, results, strict=True)
         }
         ready = all(v == "ok" for v in checks.values())
+        body: dict = {"status": "ready" if ready else "unavailable", "checks": checks}
+        if self.reranker is not None and checks.get("reranker") == "ok":
+            # How the LLM runs here: dtype and why, threads, learnt costs, prefix-cache hits.
+            body["reranker"] = await self.reranker.describe()
         return JSONResponse(
-            {"status": "ready" if ready else "unavailable", "checks": checks},
+            body,
             status_code=200 if ready else 503,
             headers={} if ready else {"Retry-After": "5"},
         )

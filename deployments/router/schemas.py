@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -51,6 +52,9 @@ class RecommendedItem(_Strict):
     sources: list[str]
     categories: list[str] = []
     explanation: str | None = None
+    explanation_source: Literal["llm", "template"] | None = None
+    """`llm`: generated and checked against the item's own catalog facts; `template`: a reason
+    built from the data alone, used when no generated one passed."""
 
 
 class RecommendResponse(_Strict):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import httpx
@@ -9,10 +11,12 @@ import pytest
 from ray import serve
 
 from deployments.app import build_app
+from retrieval.hardware import cpu_flags, select_llm_dtype
 
 pytestmark = pytest.mark.slow
 
 MODELS_DIR = Path("~/.cache/llmrec/models").expanduser()
+WITH_LLM = {"rerank": True, "explain": True}
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +31,25 @@ def service(ray_cluster, demo_dir):
     serve.delete("llmrec-full")
 
 
-def test_health_includes_the_reranker(service):
+def test_health_includes_the_reranker_and_how_it_runs(service):
     r = service.get("/v1/health")
     assert r.status_code == 200 and r.json()["checks"]["reranker"] == "ok"
+    llm = r.json()["reranker"]
+    expected = select_llm_dtype("auto", flags=cpu_flags(), cuda=llm["device"] == "cuda")
+    assert llm["warmed"] and llm["dtype"] == expected.dtype and llm["dtype_reason"]
+    assert llm["cost"]["prefill_ms_per_token"] > 0
+
+
+def test_the_default_deadline_answers_with_the_llm(service):
+    """What a new user sees: no deadline given, both LLM stages inside the default one."""
+    r = service.post(
+        "/v1/recommend", json={"user_id": "1", "k": 10, "rerank": True, "explain": True}
+    )
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["reranked"] is True and answer["degraded"] == [], answer["timings_ms"]
+    assert all(i["explanation_source"] in ("llm", "template") for i in answer["items"])
+    assert answer["timings_ms"]["total"] < 5000
 
 
 @pytest.mark.parametrize(
@@ -67,3 +87,27 @@ def test_tight_deadline_degrades_instead_of_failing(service):
     assert r.status_code in (200, 504), r.text
     if r.status_code == 200:
         assert {"rerank", "explain"} & set(r.json()["degraded"])
+
+
+def test_requests_whose_deadline_passed_leave_no_work_in_the_engine(service, ray_cluster):
+    body = {"query": "a haunted lighthouse", "k": 10, "rerank": True, "explain": True}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=ray_cluster, timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.post("/v1/recommend", json={**body, "deadline_ms": 1500})
+                    for _ in range(20)
+                )
+            )
+
+    answers = asyncio.run(burst())
+    assert all(r.status_code in (200, 504) for r in answers)
+    assert any(r.status_code == 504 or r.json()["degraded"] for r in answers)
+    time.sleep(1.0)
+    llm = service.get("/v1/health").json()["reranker"]
+    assert llm["pending"] == 0
+    after = service.post(
+        "/v1/recommend", json={"user_id": "2", "k": 10, "rerank": True, "explain": True}
+    )
+    assert after.status_code == 200 and after.json()["degraded"] == []

@@ -6,13 +6,19 @@ vLLM's output handler is bound to the loop of the first request.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from deployments.config import RerankerConfig
-from deployments.reranker.core import RerankerCore, VllmEngine
-from deployments.reranker.prompts import LETTERS, Candidate, build_rerank_prompt
+from deployments.errors import DeadlineExceeded
+from deployments.reranker.core import RerankerCore
+from deployments.reranker.engine import VllmEngine
+from deployments.reranker.prompts import LETTERS, Candidate, PromptContext, build_rerank_prompt
+from retrieval.hardware import cpu_flags, select_llm_dtype
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
@@ -35,41 +41,83 @@ def make_candidates(n: int) -> list[Candidate]:
     ]
 
 
-@pytest.fixture(scope="session")
-def reranker():
+def context(n: int, query: str | None = "space horror") -> PromptContext:
+    return PromptContext(HISTORY, HISTORY_CATS, query, make_candidates(n))
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def reranker():
     from retrieval.models import prepare_llm
 
     prepare_llm(MODELS_DIR, progress=False)
     core = RerankerCore(RerankerConfig(), MODELS_DIR)
+    await core.warm_up()
     yield core
     core.shutdown()
 
 
-async def test_engine_scores_every_candidate_letter(reranker):
+async def test_engine_runs_in_the_dtype_this_cpu_is_fast_in_and_scores_every_letter(reranker):
     assert isinstance(reranker.engine, VllmEngine)
+    described = reranker.describe()
+    expected = select_llm_dtype("auto", flags=cpu_flags(), cuda=described["device"] == "cuda")
+    assert described["dtype"] == expected.dtype and described["warmed"]
     await reranker.check_health()
-    prompt = build_rerank_prompt(HISTORY, None, make_candidates(20), item_text_chars=160)
-    logprobs = await reranker.engine.next_token_logprobs(prompt)
-    seen = {token.strip().upper() for token in logprobs}
+    prompt = build_rerank_prompt(context(20, None), item_text_chars=160)
+    out = await reranker.engine.score(prompt)
+    seen = {token.strip().upper() for token in out.logprobs}
     assert set(LETTERS) <= seen
-    assert all(value <= 0.0 for value in logprobs.values())
+    assert all(value <= 0.0 for value in out.logprobs.values())
+    assert out.prompt_tokens == reranker.engine.count_tokens(prompt)
 
 
 async def test_rerank_is_a_deterministic_permutation_of_all_candidates(reranker):
-    candidates = make_candidates(25)  # 20 lettered, 5 follow in retrieval order
-    scores = [1.0 - i / 50 for i in range(25)]
-    first = await reranker.rerank(HISTORY, "space horror", candidates, scores)
-    second = await reranker.rerank(HISTORY, "space horror", candidates, scores)
-    assert sorted(i for i, _ in first) == list(range(25))
-    assert [i for i, _ in first][20:] == [20, 21, 22, 23, 24]
-    assert [i for i, _ in first] == [i for i, _ in second]
-    assert [s for _, s in first] == pytest.approx([s for _, s in second], abs=1e-6)
+    scores = [1.0 - i / 50 for i in range(25)]  # 20 lettered, 5 follow in retrieval order
+    first = await reranker.rerank(context(25), scores)
+    second = await reranker.rerank(context(25), scores)  # served from the prefix cache
+    assert second.cached_tokens > first.cached_tokens
+    order = [i for i, _ in first.order]
+    assert sorted(order) == list(range(25)) and order[20:] == [20, 21, 22, 23, 24]
+    assert order == [i for i, _ in second.order]
+    assert [s for _, s in first.order] == pytest.approx([s for _, s in second.order], abs=1e-6)
 
 
-async def test_explain_answers_every_item(reranker):
-    items = make_candidates(6)
-    out = await reranker.explain(HISTORY, HISTORY_CATS, "space horror", items)
-    assert len(out) == len(items)
-    for text, grounded in out:
-        assert isinstance(text, str) and text.strip() and len(text) <= 200
-        assert isinstance(grounded, bool)
+async def test_explanations_reuse_the_rerank_prompt_from_the_prefix_cache(reranker):
+    ctx = context(8)
+    outcome = await reranker.rerank(ctx, [1.0 - i / 10 for i in range(8)])
+    before = reranker.stats.explain.as_json()
+    out = await reranker.explain(ctx, [0, 1, 2, 3], outcome.item_text_chars)
+    after = reranker.stats.explain.as_json()
+    prompt, cached = (
+        after["prompt_tokens"] - before["prompt_tokens"],
+        after["cached_tokens"] - before["cached_tokens"],
+    )
+    assert cached / prompt > 0.6, (cached, prompt)
+    assert len(out) == 4
+    for e in out:
+        assert e.text.strip() and len(e.text) <= 200 and e.source in ("llm", "template")
+
+
+async def test_a_cancelled_request_is_aborted_in_the_engine(reranker):
+    engine = reranker.engine
+    batch = [
+        [{"role": "user", "content": f"Count slowly from one to five hundred, in words. {i}"}]
+        for i in range(3)
+    ]
+    task = asyncio.ensure_future(engine.generate(batch, max_tokens=200))
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if engine.running() == 3:
+            break
+    assert engine.running() == 3
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.05)
+    assert engine.running() == 0
+
+
+async def test_work_past_its_deadline_is_refused_or_aborted(reranker):
+    started = time.perf_counter()
+    with pytest.raises(DeadlineExceeded):
+        await reranker.explain(context(6), [0, 1, 2], deadline=time.time() + 0.05)
+    assert time.perf_counter() - started < 1.0 and reranker.engine.running() == 0

@@ -1,65 +1,38 @@
-"""RerankerCore ordering, blending and fallbacks over a scripted engine (no vLLM, no Ray)."""
+"""RerankerCore ordering, budgeting and fallbacks over a scripted engine (no vLLM, no Ray)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
 
 from deployments.config import RerankerConfig
-from deployments.errors import BackendFailed
-from deployments.reranker.core import (
-    EngineFailed,
-    PromptTooLong,
-    RerankEngine,
-    RerankerCore,
-    RerankFailed,
-)
-from deployments.reranker.prompts import LETTERS, Candidate
+from deployments.errors import BackendFailed, DeadlineExceeded, Overloaded
+from deployments.reranker.core import RerankerCore, RerankFailed
+from deployments.reranker.engine import EngineFailed, PromptTooLong, RerankEngine
+from deployments.reranker.prompts import LETTERS, Candidate, PromptContext
+from tests.factories import ScriptedEngine
 
 HISTORY = ["Alien (1979)", "Heat (1995)"]
 HISTORY_CATS = [["Sci-Fi"], ["Crime"]]
 
 
-class ScriptedEngine:
-    """Answers letter logprobs from a fixed table and explanations from a function."""
-
-    def __init__(self, logprobs=None, reply=lambda messages: " it is great fun.", fail=None):
-        self.logprobs = logprobs or {}
-        self.reply = reply
-        self.fail = fail
-        self.prompts: list[list[dict[str, str]]] = []
-        self.max_in_flight = 0
-        self._in_flight = 0
-        self.closed = False
-
-    async def next_token_logprobs(self, messages):
-        self.prompts.append(messages)
-        if self.fail:
-            raise self.fail(messages)
-        return dict(self.logprobs)
-
-    async def generate(self, messages, max_tokens):
-        self.prompts.append(messages)
-        self._in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self._in_flight)
-        await asyncio.sleep(0.01)
-        self._in_flight -= 1
-        if self.fail:
-            raise self.fail(messages)
-        return self.reply(messages)
-
-    def shutdown(self):
-        self.closed = True
+def make_items(n: int, categories=("Sci-Fi",)) -> list[Candidate]:
+    return [Candidate(str(i), f"Film {i}", f"Plot {i}.", list(categories)) for i in range(n)]
 
 
-def make_items(n: int) -> list[Candidate]:
-    return [Candidate(str(i), f"Film {i}", f"Plot {i}.", ["Sci-Fi"]) for i in range(n)]
+def ctx(candidates, history=HISTORY, cats=HISTORY_CATS, query=None) -> PromptContext:
+    return PromptContext(list(history), list(cats), query, list(candidates))
 
 
 def make_core(engine, **overrides) -> RerankerCore:
     return RerankerCore(RerankerConfig(**overrides), Path("/nonexistent"), engine=engine)
+
+
+def order_of(outcome) -> list[int]:
+    return [i for i, _ in outcome.order]
 
 
 def test_scripted_engine_satisfies_the_protocol():
@@ -70,30 +43,39 @@ async def test_llm_preference_reorders_by_the_blend():
     # retrieval favours 0 > 1 > 2; the LLM strongly prefers C (index 2).
     engine = ScriptedEngine({" A": -3.0, " B": -2.0, " C": -0.1})
     core = make_core(engine, rerank_weight=0.75)
-    order = await core.rerank(HISTORY, None, make_items(3), [0.9, 0.8, 0.7])
-    assert [i for i, _ in order] == [2, 1, 0]
+    outcome = await core.rerank(ctx(make_items(3)), [0.9, 0.8, 0.7])
+    assert order_of(outcome) == [2, 1, 0] and outcome.lettered == 3
     # retrieval normalised 1, .5, 0; llm normalised 0, 1/2.9, 1
-    assert [s for _, s in order] == pytest.approx([0.75, 0.25 * 0.5 + 0.75 / 2.9, 0.25])
+    assert [s for _, s in outcome.order] == pytest.approx([0.75, 0.25 * 0.5 + 0.75 / 2.9, 0.25])
     assert len(engine.prompts) == 1
+
+
+async def test_near_tied_letters_keep_the_retrieval_order():
+    # A cold and a prefix-cached prompt differ in the last digits of the logprobs.
+    first = ScriptedEngine({" A": -1.2001, " B": -1.1999, " C": -3.0})
+    second = ScriptedEngine({" A": -1.1999, " B": -1.2001, " C": -3.0})
+    items, scores = make_items(3), [0.9, 0.8, 0.7]
+    a = await make_core(first, rerank_weight=1.0).rerank(ctx(items), scores)
+    b = await make_core(second, rerank_weight=1.0).rerank(ctx(items), scores)
+    assert order_of(a) == order_of(b) == [0, 1, 2]
 
 
 async def test_weight_zero_keeps_retrieval_order_whatever_the_llm_says():
     engine = ScriptedEngine({" C": -0.1, " B": -0.2})
-    order = await make_core(engine, rerank_weight=0.0).rerank([], "q", make_items(3), [3, 2, 1])
-    assert [i for i, _ in order] == [0, 1, 2]
+    outcome = await make_core(engine, rerank_weight=0.0).rerank(ctx(make_items(3)), [3, 2, 1])
+    assert order_of(outcome) == [0, 1, 2]
 
 
 async def test_only_max_candidates_are_lettered_and_the_rest_keep_retrieval_order():
     engine = ScriptedEngine({" D": -0.01})
     core = make_core(engine, max_candidates=4, rerank_weight=1.0)
-    items = make_items(7)
     scores = [0.1, 0.9, 0.8, 0.3, 0.7, 0.2, 0.6]  # retrieval order: 1, 2, 4, 6, 3, 5, 0
-    order = await core.rerank(HISTORY, None, items, scores)
-    indices = [i for i, _ in order]
+    outcome = await core.rerank(ctx(make_items(7)), scores)
+    indices = order_of(outcome)
     assert sorted(indices) == list(range(7))
     assert indices[0] == 6  # letter D = 4th best by retrieval
     assert indices[4:] == [3, 5, 0]
-    values = [s for _, s in order]
+    values = [s for _, s in outcome.order]
     assert values == sorted(values, reverse=True) and values[3] > values[4]
     prompt = engine.prompts[0][1]["content"]
     assert "D. <item>Film 6" in prompt and "E. " not in prompt
@@ -102,80 +84,178 @@ async def test_only_max_candidates_are_lettered_and_the_rest_keep_retrieval_orde
 async def test_one_candidate_needs_no_engine_and_lengths_must_match():
     engine = ScriptedEngine()
     core = make_core(engine)
-    assert await core.rerank([], "q", make_items(1), [0.5]) == [(0, 1.0)]
-    assert await core.rerank([], "q", [], []) == []
+    assert (await core.rerank(ctx(make_items(1)), [0.5])).order == [(0, 1.0)]
+    assert (await core.rerank(ctx([]), [])).order == []
     assert engine.prompts == []
     with pytest.raises(ValueError):
-        await core.rerank([], "q", make_items(2), [0.5])
+        await core.rerank(ctx(make_items(2)), [0.5])
 
 
-async def test_too_long_prompt_is_retried_with_shorter_item_texts():
-    def too_long_with_text(messages):
-        return PromptTooLong("long") if " — " in messages[1]["content"] else None
-
-    class Shrinking(ScriptedEngine):
-        async def next_token_logprobs(self, messages):
-            self.prompts.append(messages)
-            if (err := too_long_with_text(messages)) is not None:
-                raise err
-            return {" B": -0.1, " A": -2.0}
-
-    engine = Shrinking()
-    order = await make_core(engine, rerank_weight=1.0).rerank([], "q", make_items(2), [2, 1])
-    assert [i for i, _ in order] == [1, 0]
-    assert len(engine.prompts) == 3
+async def test_a_prompt_over_its_token_budget_gets_shorter_item_texts():
+    long_text = [Candidate(str(i), f"Film {i}", "word " * 60, ["Drama"]) for i in range(4)]
+    engine = ScriptedEngine()
+    outcome = await make_core(engine, prompt_tokens=200).rerank(ctx(long_text), [4, 3, 2, 1])
+    assert outcome.item_text_chars == 40  # a quarter of 160
+    assert engine.count_tokens(engine.prompts[0]) <= 200
+    roomy = await make_core(ScriptedEngine()).rerank(ctx(long_text), [4, 3, 2, 1])
+    assert roomy.item_text_chars == 160
 
 
 async def test_engine_failure_is_a_backend_failure_the_router_can_degrade_on():
     core = make_core(ScriptedEngine(fail=lambda m: EngineFailed("dead")))
     with pytest.raises(RerankFailed) as info:
-        await core.rerank([], "q", make_items(3), [3, 2, 1])
-    assert isinstance(info.value, BackendFailed) and isinstance(info.value, RuntimeError)
+        await core.rerank(ctx(make_items(3)), [3, 2, 1])
+    assert isinstance(info.value, BackendFailed) and not isinstance(info.value, RuntimeError)
     assert info.value.status == 502 and isinstance(info.value.__cause__, EngineFailed)
     with pytest.raises(RerankFailed):
-        await core.explain(HISTORY, HISTORY_CATS, None, make_items(2))
+        await core.explain(ctx(make_items(2)), [0, 1])
+
+
+async def test_explanations_go_to_the_engine_as_one_batch_and_keep_checked_ones():
+    engine = ScriptedEngine(reply=lambda m: " its sci-fi dread builds slowly.\nignored")
+    core = make_core(engine)
+    out = await core.explain(ctx(make_items(4)), [0, 1, 2, 3])
+    assert engine.batches == [4]
+    assert out[0].text == (
+        'Since you enjoyed "Alien", you may like "Film 0" because its sci-fi dread builds slowly.'
+    )
+    assert all(e.source == "llm" and e.check == "ok" for e in out)
+
+
+async def test_failed_reasons_are_asked_again_then_fall_back_to_the_template():
+    replies = {"1": iter([" it is a crime saga.", " it is a sci-fi heist."])}
+
+    def reply(messages):
+        task = messages[1]["content"].splitlines()[-1]
+        if "Film 1" in task:
+            return next(replies["1"])
+        if "Film 2" in task:
+            return ' of "Dune" and its sci-fi worms.'
+        return " it is a slow sci-fi classic."
+
+    engine = ScriptedEngine(reply=reply)
+    out = await make_core(engine, explain_attempts=3).explain(ctx(make_items(3)), [0, 1, 2])
+    assert engine.batches == [3, 2, 1]  # only what failed goes round again
+    assert [e.source for e in out] == ["llm", "llm", "template"]
+    assert out[1].text.endswith("because it is a sci-fi heist.")
+    assert out[2] == type(out[2])(
+        'Like "Alien", which you enjoyed, it is Sci-Fi.', "template", "invented_title"
+    )
+
+
+async def test_nothing_to_name_skips_generation():
+    engine = ScriptedEngine()
+    out = await make_core(engine).explain(ctx(make_items(1, ("Drama",)), [], []), [0])
+    assert [(e.text, e.source, e.check) for e in out] == [
+        ("A popular Drama pick.", "template", "nothing_to_name")
+    ]
+    assert engine.prompts == []
+
+
+async def test_an_explain_prompt_too_long_for_the_context_gets_the_template():
+    core = make_core(ScriptedEngine(fail=lambda m: PromptTooLong("long")))
+    out = await core.explain(ctx([Candidate("1", "X", "", ["Crime"])]), [0])
+    assert [(e.text, e.check) for e in out] == [
+        ('Like "Heat", which you enjoyed, it is Crime.', "prompt_too_long")
+    ]
+
+
+# --- deadline, queue, warm-up -------------------------------------------------
+
+
+async def test_work_that_cannot_finish_in_time_is_refused_before_it_starts():
+    engine = ScriptedEngine(seconds_per_token=0.01)
+    core = make_core(engine)
+    core.cost.prefill_s = 0.01  # as a warm-up would have measured
+    with pytest.raises(DeadlineExceeded):
+        await core.rerank(
+            ctx(make_items(20)), [1.0 - i / 20 for i in range(20)], deadline=time.time() + 0.05
+        )
+    assert engine.prompts == []
+
+
+async def test_a_near_deadline_letters_fewer_candidates():
+    engine = ScriptedEngine()
+    core = make_core(engine)
+    core.cost.prefill_s, core.cost.call_s = 0.002, 0.0
+    items = make_items(20)
+    full = engine.count_tokens(
+        __import__("deployments.reranker.prompts", fromlist=["x"]).build_rerank_prompt(
+            ctx(items), item_text_chars=160
+        )
+    )
+    budget = full * 0.002 * 0.7  # room for well under all twenty
+    outcome = await core.rerank(
+        ctx(items), [1.0 - i / 20 for i in range(20)], deadline=time.time() + budget
+    )
+    assert 2 <= outcome.lettered < 20
+    assert sorted(order_of(outcome)) == list(range(20))
+
+
+async def test_explanation_tokens_follow_the_time_left():
+    engine = ScriptedEngine()
+    core = make_core(engine, explain_max_tokens=32, explain_min_tokens=8)
+    core.cost.prefill_s, core.cost.call_s, core.cost.step_s = 0.0, 0.0, 0.01
+    await core.explain(ctx(make_items(2)), [0, 1], deadline=time.time() + 0.2)
+    assert 8 <= engine.max_tokens[0] <= 21
+    await core.explain(ctx(make_items(2)), [0, 1])
+    assert engine.max_tokens[-1] == 32
+    core.cost.step_s = 0.01  # the scripted engine is instant; keep the model's cost
+    with pytest.raises(DeadlineExceeded):
+        await core.explain(ctx(make_items(2)), [0, 1], deadline=time.time() + 0.05)
+
+
+async def test_work_past_its_deadline_is_aborted_in_the_engine():
+    engine = ScriptedEngine(seconds_per_step=1.0)
+    core = make_core(engine)
+    # The model thinks it is fast: the deadline must still hold.
+    core.cost.prefill_s, core.cost.call_s, core.cost.step_s = 0.0, 0.0, 0.0
+    started = time.perf_counter()
+    with pytest.raises(DeadlineExceeded):
+        await core.explain(ctx(make_items(3)), [0, 1, 2], deadline=time.time() + 0.1)
+    assert time.perf_counter() - started < 0.5
+    assert engine.aborted == 3 and engine.running() == 0
+
+
+async def test_a_cancelled_caller_aborts_its_engine_requests():
+    engine = ScriptedEngine(seconds_per_step=1.0)
+    core = make_core(engine)
+    task = asyncio.ensure_future(core.explain(ctx(make_items(2)), [0, 1]))
+    await asyncio.sleep(0.05)
+    assert engine.running() == 2
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert engine.running() == 0 and engine.aborted == 2 and core.admission.pending == 0
+
+
+async def test_a_full_queue_refuses_at_once():
+    engine = ScriptedEngine(seconds_per_step=0.5)
+    core = make_core(engine, max_pending=1)
+    first = asyncio.ensure_future(core.explain(ctx(make_items(1)), [0]))
+    await asyncio.sleep(0.02)
+    started = time.perf_counter()
+    with pytest.raises(Overloaded):
+        await core.rerank(ctx(make_items(3)), [3, 2, 1])
+    assert time.perf_counter() - started < 0.05
+    assert core.admission.refused["queue_full"] == 1
+    first.cancel()
+
+
+async def test_health_waits_for_the_warm_up_which_calibrates_the_costs():
+    engine = ScriptedEngine(seconds_per_token=0.001, seconds_per_step=0.001)
+    core = make_core(engine)
     with pytest.raises(RerankFailed):
         await core.check_health()
-
-
-async def test_explanations_run_concurrently_and_keep_grounded_ones():
-    engine = ScriptedEngine(reply=lambda m: " its dread builds slowly.\nignored")
-    core = make_core(engine)
-    out = await core.explain(HISTORY, HISTORY_CATS, None, make_items(4))
-    assert engine.max_in_flight == 4
-    assert out[0] == (
-        'Since you enjoyed "Alien", you may like "Film 0" because its dread builds slowly.',
-        True,
-    )
-    assert all(grounded for _, grounded in out)
-
-
-async def test_invented_titles_and_empty_replies_fall_back_to_the_template():
-    replies = iter([' of "Dune" and its worms.', "", " it is a slow tense classic."])
-    core = make_core(ScriptedEngine(reply=lambda m: next(replies)))
-    items = [Candidate("1", "X", "", ["Sci-Fi"]), Candidate("2", "Y", "", ["Crime"])]
-    items.append(Candidate("3", "Z", "", ["Crime"]))
-    out = await core.explain(HISTORY, HISTORY_CATS, None, items)
-    assert out[0] == ('Like "Alien", which you enjoyed, it is Sci-Fi.', False)
-    assert out[1] == ('Like "Heat", which you enjoyed, it is Crime.', False)
-    assert out[2] == (
-        'Since you enjoyed "Heat", you may like "Z" because it is a slow tense classic.',
-        True,
-    )
-
-
-async def test_nothing_to_ground_on_skips_generation():
-    engine = ScriptedEngine()
-    out = await make_core(engine).explain([], [], None, [Candidate("1", "X", "", ["Drama"])])
-    assert out == [("A popular Drama pick.", False)] and engine.prompts == []
-
-
-async def test_health_probe_goes_through_the_engine_and_shutdown_reaches_it():
-    engine = ScriptedEngine({" A": -0.1})
-    core = make_core(engine)
+    report = await core.warm_up()
+    assert core.warmed and report["rerank_prompt_tokens"] > 0
+    assert core.cost.prefill_s == pytest.approx(0.001, rel=0.6)
     await core.check_health()
-    assert len(engine.prompts) == 1
+    described = core.describe()
+    assert described["dtype"] == "float32" and described["warmed"]
+    assert described["explain"]["prefix_cache_hit_rate"] > 0
     empty = make_core(ScriptedEngine({}))
+    empty.warmed = True
     with pytest.raises(RerankFailed):
         await empty.check_health()
     core.shutdown()
@@ -186,9 +266,5 @@ def test_letters_cover_the_configured_maximum():
     assert RerankerConfig(max_candidates=len(LETTERS)).max_candidates == len(LETTERS)
     with pytest.raises(ValueError):
         RerankerConfig(max_candidates=len(LETTERS) + 1)
-
-
-async def test_an_explain_prompt_too_long_for_the_context_gets_the_template():
-    core = make_core(ScriptedEngine(fail=lambda m: PromptTooLong("long")))
-    out = await core.explain(HISTORY, HISTORY_CATS, None, [Candidate("1", "X", "", ["Crime"])])
-    assert out == [('Like "Heat", which you enjoyed, it is Crime.', False)]
+    with pytest.raises(ValueError, match="explain_min_tokens"):
+        RerankerConfig(explain_min_tokens=40, explain_max_tokens=32)

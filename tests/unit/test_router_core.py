@@ -6,6 +6,7 @@ tests/integration and tests/e2e.
 
 import asyncio
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +14,15 @@ import pyarrow as pa
 import pytest
 
 from deployments.config import AppConfig, RerankerConfig, RouterConfig
-from deployments.errors import DeadlineExceeded, NotFound
-from deployments.reranker.core import RerankerCore
-from deployments.reranker.prompts import Candidate
+from deployments.errors import DeadlineExceeded, NotFound, Overloaded
+from deployments.reranker.core import Explanation, RerankerCore, RerankOutcome
+from deployments.reranker.prompts import Candidate, PromptContext
 from deployments.router.core import RouterCore, fusion_from_config
 from deployments.router.schemas import RecommendRequest
 from retrieval.collab import AlsModel, ItemKNN
 from retrieval.fusion import FusionWeights
 from retrieval.shards import Shard
-from tests.factories import make_shards
+from tests.factories import ScriptedEngine, make_shards
 
 
 class LocalShard:
@@ -46,19 +47,35 @@ class ReverseReranker:
 
     def __init__(self):
         self.weights: list[float | None] = []
+        self.deadlines: list[float | None] = []
 
-    async def rerank(self, history_titles, query, candidates, retrieval_scores, weight=None):
+    async def rerank(self, context, retrieval_scores, weight=None, deadline=None, explain_after=0):
         self.weights.append(weight)
-        n = len(candidates)
-        return [(i, float(i)) for i in reversed(range(n))]
+        self.deadlines.append(deadline)
+        n = len(context.candidates)
+        return RerankOutcome([(i, float(i)) for i in reversed(range(n))], n, 160)
 
-    async def explain(self, history_titles, history_categories, query, items):
-        return [(f"because of {history_titles[:1] or [query]}", True) for _ in items]
+    async def explain(self, context, targets, item_text_chars=None, deadline=None):
+        anchor = context.history_titles[:1] or [context.query]
+        return [Explanation(f"because of {anchor}", "llm", "ok") for _ in targets]
 
 
 class BrokenReranker(ReverseReranker):
     async def rerank(self, *args):
-        raise RuntimeError("engine died")
+        raise ConnectionError("Reranker.rerank: actor died")
+
+
+class BuggyReranker(ReverseReranker):
+    async def rerank(self, *args):
+        raise KeyError("a bug, not an outage")
+
+
+class BusyReranker(ReverseReranker):
+    async def rerank(self, *args):
+        raise Overloaded("LLM queue full")
+
+    async def explain(self, *args):
+        raise DeadlineExceeded("would not finish")
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +205,27 @@ async def test_failed_rerank_keeps_retrieval_order(world):
     assert ids(answer) == ids(plain)
 
 
+async def test_a_busy_reranker_degrades_at_once_and_a_bug_is_not_hidden(world):
+    core = make_core(world, reranker=BusyReranker(), cf=False)
+    answer = await core.recommend(
+        RecommendRequest(query="4", k=5, rerank=True, explain=True, deadline_ms=60_000)
+    )
+    assert answer.degraded == ["rerank", "explain"] and answer.timings_ms["total"] < 1000
+    with pytest.raises(KeyError):
+        await make_core(world, reranker=BuggyReranker(), cf=False).recommend(
+            RecommendRequest(query="4", k=5, rerank=True)
+        )
+
+
+async def test_the_deadline_counts_from_arrival_and_reaches_the_reranker(world):
+    reranker = ReverseReranker()
+    core = make_core(world, reranker=reranker, cf=False)
+    arrived = time.perf_counter() - 0.5  # queued half a second before the core saw it
+    before = time.time()
+    await core.recommend(RecommendRequest(query="4", k=5, rerank=True, deadline_ms=2000), arrived)
+    assert reranker.deadlines[0] == pytest.approx(before + 1.5, abs=0.2)
+
+
 async def test_no_reranker_deployed_is_degraded(world):
     answer = await make_core(world).recommend(
         RecommendRequest(query="4", k=3, rerank=True, explain=True)
@@ -278,37 +316,47 @@ async def test_tuned_rerank_weight_reaches_the_reranker(world):
     assert reranker.weights == [0.3, None]  # untuned: the reranker's own weight
 
 
-class InventingEngine:
-    """A scripted LLM: the first explanation names a title that exists nowhere."""
+def inventing_engine() -> ScriptedEngine:
+    """A scripted LLM whose reason for the best item names a title that exists nowhere."""
 
-    def __init__(self):
-        self.calls = 0
-
-    async def next_token_logprobs(self, messages):
-        return {" A": -0.1, " B": -2.0}
-
-    async def generate(self, messages, max_tokens):
-        self.calls += 1
-        if self.calls == 1:
+    def reply(messages):
+        if "may like A:" in messages[1]["content"]:
             return ' it is just like "The Invented Blockbuster" everyone loves.'
         return " it tells a similar story with the same kind of characters."
 
-    def shutdown(self):
-        pass
+    return ScriptedEngine({" A": -0.1, " B": -2.0}, reply=reply)
 
 
 async def test_explanations_name_only_the_request_and_the_catalog(world):
-    engine = InventingEngine()
-    reranker = RerankerCore(RerankerConfig(), Path("/nonexistent"), engine=engine)
+    reranker = RerankerCore(
+        RerankerConfig(explain_attempts=1), Path("/nonexistent"), engine=inventing_engine()
+    )
     core = make_core(world, reranker=reranker, cf=False)
     answer = await core.answer(RecommendRequest(history=["1", "5"], k=3, explain=True))
     history_titles = {"Item 1", "Item 5"}
     assert answer.grounded.count(False) == 1 and answer.grounded.count(True) == 2
+    sources = [i.explanation_source for i in answer.response.items]
+    assert sources.count("template") == 1 and sources.count("llm") == 2
     for item, grounded in zip(answer.response.items, answer.grounded, strict=True):
         assert item.explanation and "Invented" not in item.explanation
         quoted = set(re.findall(r'"([^"]+)"', item.explanation))
         assert quoted <= history_titles | {item.title}, item.explanation
         assert grounded is not None
+
+
+async def test_explanations_share_the_rerank_prompt_with_its_lettered_candidates(world):
+    engine = ScriptedEngine({" B": -0.1, " A": -2.0}, reply=lambda m: " it is a story.")
+    config = RerankerConfig(max_candidates=5, rerank_weight=1.0, explain_attempts=1)
+    reranker = RerankerCore(config, Path("/x"), engine=engine)
+    core = make_core(world, reranker=reranker, cf=False)
+    answer = await core.recommend(RecommendRequest(query="4", k=3, rerank=True, explain=True))
+    assert answer.reranked and answer.degraded == []
+    rerank_prompt, *explain_prompts = engine.prompts
+    shared = rerank_prompt[1]["content"].rsplit("\n", 1)[0]
+    assert len(explain_prompts) == 3
+    assert all(p[1]["content"].startswith(shared) for p in explain_prompts)
+    # The reranked best (letter B of the rerank prompt) is explained as B.
+    assert "may like B:" in explain_prompts[0][1]["content"]
 
 
 def test_default_fusion_is_the_router_config():
@@ -317,12 +365,11 @@ def test_default_fusion_is_the_router_config():
 
 
 async def test_reranker_blends_at_the_weight_the_router_passes():
-    class PrefersB(InventingEngine):
-        async def next_token_logprobs(self, messages):
-            return {" A": -3.0, " B": -0.1}
-
-    reranker = RerankerCore(RerankerConfig(rerank_weight=0.0), Path("/x"), engine=PrefersB())
-    items = [Candidate("1", "Item 1"), Candidate("2", "Item 2")]
-    assert [i for i, _ in await reranker.rerank(["Item 9"], None, items, [0.9, 0.8])] == [0, 1]
-    order = await reranker.rerank(["Item 9"], None, items, [0.9, 0.8], 1.0)
-    assert [i for i, _ in order] == [1, 0]
+    engine = ScriptedEngine({" A": -3.0, " B": -0.1})
+    reranker = RerankerCore(RerankerConfig(rerank_weight=0.0), Path("/x"), engine=engine)
+    context = PromptContext(
+        ["Item 9"], [[]], None, [Candidate("1", "Item 1"), Candidate("2", "Item 2")]
+    )
+    assert [i for i, _ in (await reranker.rerank(context, [0.9, 0.8])).order] == [0, 1]
+    outcome = await reranker.rerank(context, [0.9, 0.8], 1.0)
+    assert [i for i, _ in outcome.order] == [1, 0]

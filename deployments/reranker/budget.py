@@ -1,0 +1,131 @@
+"""What LLM work costs on this replica, and whether a request can still afford it.
+
+`EngineCost` learns seconds per prompt token and per decode step from the
+engine's own calls (the warm-up at start included), so the same code budgets
+a 2-core AVX2 CPU, an AVX-512 CPU and a GPU. `Admission` bounds the work in
+flight: it refuses at once when its queue is full and refuses work that,
+behind what is already running, would end after the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from deployments.errors import DeadlineExceeded, Overloaded
+
+__all__ = ["Admission", "EngineCost"]
+
+_MIN_PREFILL_SAMPLE = 32
+"""Calls with fewer new prompt tokens than this say little about the per-token cost."""
+
+
+@dataclass
+class EngineCost:
+    """Exponentially weighted estimates of the engine's costs, in seconds.
+
+    The starting values are deliberately slow (a small model on one CPU
+    core); the warm-up replaces them with measurements before any request.
+    """
+
+    prefill_s: float = 0.004
+    """Per prompt token that is not served from the prefix cache."""
+    step_s: float = 0.08
+    """Per decode step of a batch (every sequence of the batch gains one token)."""
+    call_s: float = 0.03
+    """Fixed cost of one engine call (scheduling, sampling, detokenising)."""
+    smoothing: float = 0.3
+    """Weight of the newest observation (the first one replaces the starting value)."""
+    observed: set[str] = field(default_factory=set)
+    """Which estimates have been measured at least once."""
+
+    def predict(self, new_tokens: int, steps: int = 1) -> float:
+        """Seconds for a call that computes `new_tokens` prompt tokens and `steps` decode steps."""
+        return self.call_s + new_tokens * self.prefill_s + max(steps - 1, 0) * self.step_s
+
+    def _mix(self, name: str, new: float) -> None:
+        old = getattr(self, name)
+        mixed = (
+            new
+            if name not in self.observed
+            else (1.0 - self.smoothing) * old + self.smoothing * new
+        )
+        setattr(self, name, mixed)
+        self.observed.add(name)
+
+    def observe_prefill(self, new_tokens: int, seconds: float) -> None:
+        """A one-step call (scoring) that computed `new_tokens` prompt tokens in `seconds`."""
+        if new_tokens >= _MIN_PREFILL_SAMPLE:
+            self._mix("prefill_s", max(seconds - self.call_s, 0.0) / new_tokens)
+        else:
+            self._mix("call_s", max(seconds - new_tokens * self.prefill_s, 0.0))
+
+    def observe_generate(self, new_tokens: int, steps: int, seconds: float) -> None:
+        """A batch that computed `new_tokens` prompt tokens and ran `steps` decode steps."""
+        if steps > 1:
+            decode = max(seconds - self.call_s - new_tokens * self.prefill_s, 0.0)
+            self._mix("step_s", decode / (steps - 1))
+
+    def as_json(self) -> dict[str, float]:
+        return {
+            "prefill_ms_per_token": round(self.prefill_s * 1000, 3),
+            "decode_ms_per_step": round(self.step_s * 1000, 2),
+            "call_ms": round(self.call_s * 1000, 2),
+        }
+
+
+class Admission:
+    """A bounded queue of LLM calls with deadline-aware admission.
+
+    `admit(seconds, deadline)` is a context manager around one engine call
+    predicted to take `seconds`. It raises `Overloaded` at once when
+    `max_pending` calls are already in flight, and `DeadlineExceeded` when the
+    call, started behind the predicted remainder of those in flight, would
+    end after `deadline` (a `time.time()` value). The backlog is a sum, which
+    is right for prefill on CPUs (compute-bound) and cautious on GPUs.
+    """
+
+    def __init__(self, max_pending: int) -> None:
+        self.max_pending = max_pending
+        self._running: dict[int, tuple[float, float]] = {}  # id -> (start, predicted seconds)
+        self._next = 0
+        self.refused: dict[str, int] = {"queue_full": 0, "deadline": 0}
+
+    @property
+    def pending(self) -> int:
+        return len(self._running)
+
+    def backlog_s(self, now: float | None = None) -> float:
+        """Predicted seconds of work still ahead of a call admitted now."""
+        now = time.time() if now is None else now
+        return sum(max(cost - (now - start), 0.0) for start, cost in self._running.values())
+
+    def fits(self, seconds: float, deadline: float | None) -> bool:
+        """Whether a call of `seconds`, started behind the work in flight, ends by `deadline`."""
+        return deadline is None or time.time() + self.backlog_s() + seconds <= deadline
+
+    def check(self, seconds: float, deadline: float | None) -> None:
+        """Raise as `admit` would, without admitting."""
+        if self.pending >= self.max_pending:
+            self.refused["queue_full"] += 1
+            raise Overloaded(f"LLM queue full ({self.pending} calls in flight)")
+        if deadline is not None and not self.fits(seconds, deadline):
+            self.refused["deadline"] += 1
+            late = time.time() + self.backlog_s() + seconds - deadline
+            raise DeadlineExceeded(
+                f"LLM work of ~{seconds * 1000:.0f} ms behind ~{self.backlog_s() * 1000:.0f} ms "
+                f"in flight would end {late * 1000:.0f} ms past the deadline"
+            )
+
+    @contextmanager
+    def admit(self, seconds: float, deadline: float | None) -> Iterator[None]:
+        self.check(seconds, deadline)
+        key = self._next
+        self._next += 1
+        self._running[key] = (time.time(), seconds)
+        try:
+            yield
+        finally:
+            del self._running[key]

@@ -1,0 +1,276 @@
+"""The LLM seam of the reranker: the `RerankEngine` contract and its vLLM implementation.
+
+`VllmEngine` runs vLLM's `AsyncLLM` in this process (its engine core is a
+spawned child process). Cancelling a call (the caller's deadline passed, or
+the caller went away) cancels vLLM's output stream, and vLLM then aborts the
+request in the engine core, so no compute is spent on answers nobody reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from deployments.config import RerankerConfig
+from deployments.reranker.prompts import LETTERS
+from retrieval.hardware import cpu_flags, select_llm_dtype, usable_cores, vllm_cpu_bind
+
+__all__ = [
+    "PLAIN_SENTENCE",
+    "EngineFailed",
+    "EngineOutput",
+    "PromptTooLong",
+    "RerankEngine",
+    "VllmEngine",
+]
+
+log = logging.getLogger(__name__)
+
+_TOP_LOGPROBS = 20
+PLAIN_SENTENCE = r"[^\"“”<>\n]{3,300}[.!?]"
+"""What `VllmEngine.generate` may produce: one sentence without quotes, markup or newlines."""
+
+
+class EngineFailed(RuntimeError):
+    """The LLM engine could not answer (dead engine, rejected or failed request)."""
+
+
+class PromptTooLong(EngineFailed):
+    """The prompt does not fit the engine's context (`max_model_len`)."""
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """One finished engine request and what it cost, as the engine itself counted it.
+
+    `logprobs` (scoring calls) maps decoded next tokens to log-probabilities;
+    `text` (generation calls) is the continuation. `cached_tokens` of the
+    `prompt_tokens` came from the prefix cache.
+    """
+
+    text: str = ""
+    logprobs: dict[str, float] | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+
+
+@runtime_checkable
+class RerankEngine(Protocol):
+    """An LLM that scores next tokens and generates short texts from chat messages.
+
+    `messages` are OpenAI-style `{"role", "content"}` dicts; when the last one
+    is an assistant message the engine continues it (a prefill) instead of
+    opening a new assistant turn. `count_tokens(messages)` is the prompt's
+    length in tokens. `score(messages)` returns next-token log-probabilities
+    keyed by the decoded token string (for example `" A"`): at least the 20
+    most likely tokens, or the single-letter tokens. `generate(batch,
+    max_tokens, temperature, seed)` runs every prompt of `batch` together
+    (they share the engine's batch and prefix cache) and returns, in order,
+    continuations of at most `max_tokens` tokens, cut at the first newline:
+    greedy at temperature 0, else sampled (reproducibly for a given `seed`).
+    Cancelling either call aborts its requests in the engine; `running()` is
+    how many requests the engine holds. Failures raise `PromptTooLong` when
+    messages do not fit the context and `EngineFailed` otherwise.
+    `describe()` says how the engine runs (dtype and why, threads);
+    `shutdown()` releases it and is idempotent.
+    """
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int: ...
+
+    async def score(self, messages: list[dict[str, str]]) -> EngineOutput: ...
+
+    async def generate(
+        self,
+        batch: list[list[dict[str, str]]],
+        max_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[EngineOutput]: ...
+
+    def running(self) -> int: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def shutdown(self) -> None: ...
+
+
+class VllmEngine:
+    """`RerankEngine` on vLLM's `AsyncLLM`, started in the constructor (tens of seconds on CPU).
+
+    The dtype comes from `select_llm_dtype` (float32 on CPUs without native
+    bf16, where bf16 is emulated and ~3x slower). On CPU the engine's worker
+    threads are bound to `config.cpu_cores`, the KV cache is
+    `config.kv_cache_gib` GiB and CUDA graphs are off; on GPU vLLM takes
+    `config.gpu_memory_utilization` of the device memory. Prefix caching is on
+    with `config.block_size`-token blocks, so the explanations of a request
+    reuse the KV blocks of its rerank prompt. Scoring returns the logprobs of
+    exactly the single-letter tokens (bare and with a leading space), so no
+    candidate letter is missing. Generation is constrained (vLLM structured
+    outputs, regex `PLAIN_SENTENCE`) to one sentence of plain text.
+    """
+
+    def __init__(self, config: RerankerConfig, model: str) -> None:
+        import torch
+        from vllm import SamplingParams
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        on_gpu = torch.cuda.is_available()
+        choice = select_llm_dtype(
+            config.dtype,
+            flags=cpu_flags(),
+            cuda=on_gpu,
+            cuda_bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        )
+        self._described: dict[str, Any] = {
+            "model": model,
+            "device": "cuda" if on_gpu else "cpu",
+            "dtype": choice.dtype,
+            "dtype_reason": choice.reason,
+        }
+        if not on_gpu:
+            # vLLM's CPU backend reads these only from the environment of its worker.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
+            bind = vllm_cpu_bind(config.cpu_cores, usable_cores())
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
+            self._described["cpu_threads_bind"] = bind
+        log.info("LLM engine: %s", self._described)
+        args = AsyncEngineArgs(
+            model=model,
+            dtype=choice.dtype,
+            max_model_len=config.max_model_len,
+            enable_prefix_caching=True,
+            block_size=config.block_size,
+            enforce_eager=not on_gpu,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            max_logprobs=_TOP_LOGPROBS,
+            seed=0,
+            disable_log_stats=True,
+        )
+        self._max_model_len = config.max_model_len
+        self._llm: Any = AsyncLLM.from_engine_args(args)
+        self._tokenizer = self._llm.get_tokenizer()
+        self._letter_ids = self._single_letter_ids()
+        # vLLM takes either top-k logprobs or the logprobs of named tokens, not both;
+        # the named letter tokens give every candidate an exact score.
+        self._score_params = SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            logprobs=None if self._letter_ids else _TOP_LOGPROBS,
+            logprob_token_ids=self._letter_ids or None,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+
+    def _single_letter_ids(self) -> list[int]:
+        """Token ids that decode to one candidate letter, bare or after a space."""
+        ids: set[int] = set()
+        for letter in LETTERS:
+            for text in (letter, f" {letter}"):
+                encoded = self._tokenizer.encode(text, add_special_tokens=False)
+                if len(encoded) == 1:
+                    ids.add(encoded[0])
+        return sorted(ids)
+
+    def _token_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """The chat template applied here (prefill-aware), tokenised."""
+        prefill = bool(messages) and messages[-1]["role"] == "assistant"
+        text = self._tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=not prefill,
+            continue_final_message=prefill,
+        )
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        return len(self._token_ids(messages))
+
+    async def _engine_input(self, messages: list[dict[str, str]]) -> Any:
+        ids = self._token_ids(messages)
+        if len(ids) >= self._max_model_len:
+            raise PromptTooLong(f"prompt of {len(ids)} tokens, context is {self._max_model_len}")
+        prompt = {"prompt_token_ids": ids}
+        renderer = getattr(self._llm, "renderer", None)
+        if renderer is None:  # vLLM before the renderer API takes token prompts as they are
+            return prompt
+        (engine_input,) = await renderer.render_cmpl_async([prompt])
+        return engine_input
+
+    async def _final(self, messages: list[dict[str, str]], params: Any) -> EngineOutput:
+        from vllm.exceptions import VLLMError
+
+        if self._llm is None:
+            raise EngineFailed("vLLM engine is shut down")
+        final = None
+        try:
+            engine_input = await self._engine_input(messages)
+            # Cancellation of this loop reaches vLLM's generator, which aborts the request.
+            async for out in self._llm.generate(engine_input, params, uuid.uuid4().hex):
+                final = out
+        except VLLMError as exc:
+            raise EngineFailed(f"vLLM request failed: {exc}") from exc
+        if final is None or not final.outputs:
+            raise EngineFailed("vLLM returned no output")
+        first = final.outputs[0]
+        return EngineOutput(
+            text=str(first.text),
+            logprobs=self._decoded(first.logprobs[0]) if first.logprobs else None,
+            prompt_tokens=len(final.prompt_token_ids or ()),
+            cached_tokens=int(final.num_cached_tokens or 0),
+            output_tokens=len(first.token_ids),
+        )
+
+    def _decoded(self, entries: dict[int, Any]) -> dict[str, float]:
+        scores: dict[str, float] = {}
+        for token_id, entry in entries.items():
+            token = entry.decoded_token
+            if token is None:
+                token = self._tokenizer.decode([token_id])
+            scores[token] = max(entry.logprob, scores.get(token, float("-inf")))
+        return scores
+
+    async def score(self, messages: list[dict[str, str]]) -> EngineOutput:
+        out = await self._final(messages, self._score_params)
+        if not out.logprobs:
+            raise EngineFailed("vLLM returned no logprobs")
+        return out
+
+    async def generate(
+        self,
+        batch: list[list[dict[str, str]]],
+        max_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[EngineOutput]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            stop=["\n"],
+            structured_outputs=StructuredOutputsParams(regex=PLAIN_SENTENCE),
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        # gather cancels every request of the batch when the caller is cancelled.
+        return list(await asyncio.gather(*(self._final(m, params) for m in batch)))
+
+    def running(self) -> int:
+        if self._llm is None:
+            return 0
+        return int(self._llm.output_processor.get_num_unfinished_requests())
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self._described)
+
+    def shutdown(self) -> None:
+        if self._llm is not None:
+            llm, self._llm = self._llm, None
+            llm.shutdown()

@@ -1,0 +1,119 @@
+"""What this machine's CPU and GPU can do, and the engine settings that follow from it.
+
+The same code runs on CPUs with AVX-512 and native bf16 (where bf16 halves
+the work), on CPUs with only AVX2 (where bf16 is emulated and float32 was
+3.5x faster), and on GPUs. The choices here are pure functions of the
+detected facts so that each kind of machine is covered by a unit test.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "BF16_CPU_FLAGS",
+    "DtypeChoice",
+    "cpu_flags",
+    "cpu_kind",
+    "select_llm_dtype",
+    "usable_cores",
+    "vllm_cpu_bind",
+]
+
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+"""CPU flags (as `/proc/cpuinfo` names them) that mean native bf16 arithmetic."""
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The feature flags of the first CPU in `cpuinfo` (empty where the file is absent)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_kind(flags: frozenset[str]) -> str:
+    """A short name for reports: `avx512-bf16`, `avx512`, `avx2` or `other`."""
+    if flags & BF16_CPU_FLAGS:
+        return "avx512-bf16"
+    if "avx512f" in flags:
+        return "avx512"
+    if "avx2" in flags:
+        return "avx2"
+    return "other"
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The dtype an engine runs in and, in words, why."""
+
+    dtype: str
+    reason: str
+
+
+def select_llm_dtype(
+    requested: str,
+    *,
+    flags: frozenset[str],
+    cuda: bool,
+    cuda_bf16: bool = False,
+) -> DtypeChoice:
+    """The vLLM dtype for `requested` (`auto` or a dtype name) on this hardware.
+
+    `auto` picks bfloat16 on a GPU that supports it, float16 on other GPUs,
+    bfloat16 on CPUs with native bf16 (`BF16_CPU_FLAGS`) and float32 on every
+    other CPU, where bf16 is emulated and several times slower. An explicit
+    dtype is kept as it is.
+    """
+    if requested != "auto":
+        return DtypeChoice(requested, "set in the config")
+    if cuda:
+        if cuda_bf16:
+            return DtypeChoice("bfloat16", "GPU with bf16 support")
+        return DtypeChoice("float16", "GPU without bf16 support")
+    native = sorted(flags & BF16_CPU_FLAGS)
+    if native:
+        return DtypeChoice("bfloat16", f"CPU has native bf16 ({', '.join(native)})")
+    return DtypeChoice("float32", "CPU has no native bf16 (no avx512_bf16/amx_bf16): float32")
+
+
+def usable_cores() -> list[int]:
+    """CPU ids this process may run on."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def vllm_cpu_bind(cores: str, available: list[int]) -> str:
+    """`VLLM_CPU_OMP_THREADS_BIND` for `reranker.cpu_cores`.
+
+    `all`: every core in `available` (`"0-1"` style ranges joined by commas);
+    `vllm`: vLLM's own choice (`auto`: one thread per physical core of a NUMA
+    node, less the cores it reserves for its scheduler); anything else is a
+    core list such as `"2-5"` and passed through.
+    """
+    if cores == "vllm":
+        return "auto"
+    if cores != "all":
+        return cores
+    if not available:
+        raise ValueError("no CPU cores available to bind the LLM engine to")
+    ids = sorted(set(available))
+    runs: list[str] = []
+    start = prev = ids[0]
+    for core in [*ids[1:], None]:
+        if core is not None and core == prev + 1:
+            prev = core
+            continue
+        runs.append(f"{start}-{prev}" if prev > start else str(start))
+        if core is not None:
+            start = prev = core
+    return ",".join(runs)

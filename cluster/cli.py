@@ -29,7 +29,11 @@ console = Console()
 # Modules adding subcommands: each has `register(subparsers)` that adds its parser and
 # sets `func` (taking the parsed args, returning an exit code).
 COMMAND_MODULES: list[str] = ["cluster.loadtest_cmd", "cluster.eval_cmd"]
-BENCH_MODULES: list[str] = ["cluster.bench_encoder", "cluster.bench_retrieval"]
+BENCH_MODULES: list[str] = [
+    "cluster.bench_encoder",
+    "cluster.bench_retrieval",
+    "cluster.bench_reranker",
+]
 
 DEMO_DATA = "data/demo"
 DEMO_QUERY = "a slow-burn space drama about astronauts far from home"
@@ -174,6 +178,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(f"{args.url}: {body.get('status')} ({code})")
     for name, state in (body.get("checks") or {}).items():
         console.print(f"  {name}: {state}")
+    llm = body.get("reranker")
+    if llm:
+        cost = llm.get("cost", {})
+        console.print(
+            f"  LLM: {llm.get('dtype')} ({llm.get('dtype_reason')}), threads on cores "
+            f"{llm.get('cpu_threads_bind', '-')}; {cost.get('prefill_ms_per_token')} ms/prompt "
+            f"token, {cost.get('decode_ms_per_step')} ms/decode step; explain prefix-cache hit "
+            f"{llm.get('explain', {}).get('prefix_cache_hit_rate', 0):.0%}"
+        )
     return 0 if code == 200 else 1
 
 

@@ -269,7 +269,7 @@ class RerankerConfig(_Section):
     explain_min_tokens: int = Field(12, ge=1, le=256)
     """Fewest tokens worth generating: when fewer fit before the deadline, `explain` is skipped
     (named in `degraded`) rather than cut mid-thought."""
-    explain_attempts: int = Field(3, ge=1, le=10)
+    explain_attempts: int = Field(2, ge=1, le=10)
     """Rounds of generation per answer: reasons that fail their checks are sampled again in
     the next round while the deadline allows; what still fails gets the template reason."""
     item_text_chars: int = Field(160, ge=16, le=2000)

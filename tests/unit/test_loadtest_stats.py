@@ -229,6 +229,9 @@ def test_shipped_scenarios_load_and_keep_feedback_off():
     assert not any(t.rerank or t.explain for t in load_scenario("retrieval").tasks)
     assert all(t.rerank for t in load_scenario("rerank").tasks if t.kind != "feedback")
     assert all(t.explain for t in load_scenario("full").tasks if t.kind != "feedback")
+    demo = load_scenario("demo")  # what `make demo` asks: both LLM stages, default deadline
+    assert demo.max_requests == 10 and demo.users == [1]
+    assert all(t.rerank and t.explain and t.deadline_ms is None for t in demo.tasks if t.weight)
 
 
 def test_bad_scenario_names_the_field(tmp_path: Path):

@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = [
     "IndexIntegrityError",
@@ -68,11 +69,30 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def append_durably(path: Path, data: bytes) -> None:
-    """Append `data` to an append-only log and fsync; when this returns it survives a crash."""
+    """Append `data` to an append-only log and fsync; when this returns it survives a crash.
+
+    When the write or the fsync fails (disk full, I/O error) the file is cut
+    back to where it ended before, so no partial line is left for the next
+    append to glue onto, and the error is raised: nothing was acknowledged.
+    """
     with Path(path).open("ab") as f:
-        f.write(data)
-        f.flush()
+        good_end = f.tell()
+        try:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError:
+            _truncate(f, good_end)
+            raise
+
+
+def _truncate(f: BinaryIO, size: int) -> None:
+    """Cut an open log back to `size` bytes; a failure here is logged (replay will cut it)."""
+    try:
+        f.truncate(size)
         os.fsync(f.fileno())
+    except OSError as exc:
+        log.error("%s: could not roll back a failed append: %s", f.name, exc)
 
 
 def complete_lines(path: Path) -> list[bytes]:

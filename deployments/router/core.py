@@ -280,9 +280,14 @@ class RouterCore:
         cfg = self.config.router
         t = time.perf_counter()
         stored = self.histories.get(req.user_id, []) if req.user_id else []
-        history_ids = list(dict.fromkeys(stored + list(req.history or [])))[-cfg.max_history :]
+        # Every item the user has seen counts for exclude_seen; the profile uses the latest.
+        seen_all = list(dict.fromkeys(stored + list(req.history or [])))
+        history_ids = seen_all[-cfg.max_history :]
+        window = set(history_ids)
+        # Request ids older than the window are looked up too: an unknown one is still a 404.
+        older = [i for i in dict.fromkeys(req.history or []) if i not in window]
         query_vec_task = asyncio.ensure_future(self.encode(req.query)) if req.query else None
-        history = await self._lookup(history_ids, clock, degraded)
+        history = await self._lookup(history_ids + older, clock, degraded)
         if req.history:
             missing = [i for i in req.history if i not in history]
             if missing and not any(d.startswith("shard-") for d in degraded):
@@ -299,7 +304,7 @@ class RouterCore:
             if history_ids
             else None
         )
-        seen = history_ids if req.exclude_seen else []
+        seen = seen_all if req.exclude_seen else []
         categories = req.filters.category if req.filters else None
         if profile is None and query_vec is None:
             candidates = await self._popular(req.k, seen, categories, clock, degraded)

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
+from deployments.errors import Unavailable
 from deployments.router.schemas import FeedbackEvent
 from retrieval.integrity import append_durably, complete_lines
 
@@ -39,9 +40,16 @@ class FeedbackLog:
         self._lock = threading.Lock()
 
     def append(self, event: FeedbackEvent) -> None:
-        """Write one event durably (blocking: call it from a worker thread)."""
+        """Write one event durably (blocking: call it from a worker thread).
+
+        A failed write leaves the file as it was and raises `Unavailable` (503):
+        the event was not recorded and may be sent again.
+        """
         with self._lock:
-            append_durably(self.path, (event.model_dump_json() + "\n").encode())
+            try:
+                append_durably(self.path, (event.model_dump_json() + "\n").encode())
+            except OSError as exc:
+                raise Unavailable(f"could not record the event: {exc.strerror or exc}") from exc
 
     def replay(self) -> Iterator[FeedbackEvent]:
         """Every event in the file, oldest first (nothing when there is no file)."""

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from deployments.config import AppConfig
-from deployments.errors import InvalidInput
+from deployments.errors import InvalidInput, Unavailable
 from deployments.router.deployment import _load_histories
 from deployments.router.feedback import FEEDBACK_FILE, FeedbackLog, apply_event
 from deployments.router.http import parse_feedback
@@ -61,6 +61,27 @@ def test_a_write_cut_short_is_skipped_but_a_bad_line_is_an_error(tmp_path, caplo
     path.write_text(json.dumps({"user_id": "u"}) + "\n" + event("u", "a").model_dump_json() + "\n")
     with pytest.raises(ValueError, match=rf"{FEEDBACK_FILE}, line 1: not a feedback event"):
         list(log.replay())
+
+
+def test_a_failed_append_is_rolled_back_and_the_log_stays_readable(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / FEEDBACK_FILE
+    log = FeedbackLog(path)
+    log.append(event("u", "a"))
+    good = path.read_bytes()
+    real_fsync = os.fsync
+
+    def disk_full(fd):  # the bytes are written, then the device refuses them
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(Unavailable, match="No space left"):
+        log.append(event("u", "b"))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert path.read_bytes() == good  # no partial line for the next append to glue onto
+    log.append(event("u", "c"))
+    assert [e.item_id for e in FeedbackLog(path).replay()] == ["a", "c"]
 
 
 def test_router_histories_are_the_log_then_the_feedback(tmp_path):

@@ -143,6 +143,26 @@ async def test_seen_items_are_excluded_and_stored_history_used(world):
     assert ids(kept)[0] == "5"
 
 
+async def test_a_history_longer_than_the_profile_window_is_accepted_and_all_excluded(world):
+    history = [str(i) for i in range(1, 61)]  # 60 catalog ids; the profile uses the last 50
+    answer = await make_core(world).recommend(RecommendRequest(history=history, k=50))
+    assert len(ids(answer)) == 50 and not set(history) & set(ids(answer))
+    with pytest.raises(NotFound, match="'nope'"):
+        await make_core(world).recommend(RecommendRequest(history=["nope", *history], k=5))
+
+
+async def test_a_heavy_user_never_sees_any_of_thousands_of_interactions_again(world):
+    rng = np.random.default_rng(7)
+    # 2,000 interactions over 300 distinct items, repeats and all, as real logs have.
+    log = [str(i) for i in rng.choice(np.arange(1, 301), size=2000)]
+    seen = set(log)
+    core = make_core(world, histories={"heavy": log})
+    answer = await core.recommend(RecommendRequest(user_id="heavy", k=60))
+    assert len(ids(answer)) == 60 and not seen & set(ids(answer))
+    by_query = await core.recommend(RecommendRequest(user_id="heavy", query="7", k=60))
+    assert not seen & set(ids(by_query))
+
+
 async def test_collaborative_candidates_are_fused_with_sources(world):
     core = make_core(world)
     answer = await core.recommend(RecommendRequest(history=["1"], k=100))

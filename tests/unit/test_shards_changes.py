@@ -74,6 +74,28 @@ def test_upsert_is_found_by_the_next_search_and_after_a_reload(index):
     np.testing.assert_allclose(again.lookup([new_id])[new_id][1], v, rtol=1e-6)
 
 
+def test_a_failed_log_append_changes_nothing_and_the_shard_reloads(index, monkeypatch):
+    import os
+
+    shard = load(index)
+    kept, lost = owned_id("kept", 0), owned_id("lost", 0)
+    shard.upsert([Item(kept, "Kept")], unit(2)[None])
+    real_fsync = os.fsync
+
+    def io_error(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", io_error)
+    with pytest.raises(OSError):
+        shard.upsert([Item(lost, "Lost")], unit(3)[None])
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert lost not in shard.lookup([lost])  # not acknowledged, not applied
+    after = owned_id("after", 0)
+    shard.upsert([Item(after, "After")], unit(4)[None])
+    again = load(index)  # the log has no torn middle line: the shard starts
+    assert set(again.lookup([kept, lost, after])) == {kept, after}
+
+
 def test_replacing_an_item_moves_it_and_keeps_one_copy(index):
     shard = load(index)
     item_id = shard.item_ids[7]

@@ -46,7 +46,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deployments.config import AppConfig, RerankerConfig, resolve_path
-from deployments.errors import DeadlineExceeded, Overloaded
+from deployments.errors import DeadlineExceeded, QueueFull
 from deployments.reranker.core import RerankerCore
 from deployments.reranker.prompts import Candidate, PromptContext
 from retrieval.hardware import cpu_flags, cpu_kind
@@ -170,7 +170,7 @@ async def _level(
                 rerank_s, explain_s, tokens, sources = await _request(
                     core, context, variant, time.time() + deadline_s
                 )
-            except (DeadlineExceeded, Overloaded):
+            except (DeadlineExceeded, QueueFull):
                 run.degraded += 1  # the router would answer without the LLM stages
                 continue
             run.total_s.append(time.perf_counter() - t)

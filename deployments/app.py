@@ -59,5 +59,6 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     return Router.options(
         num_replicas=rt.num_replicas,
         max_ongoing_requests=rt.max_ongoing_requests,
+        max_queued_requests=rt.max_queued_requests,
         ray_actor_options={"num_cpus": rt.num_cpus},
     ).bind(cfg.model_dump(), encoder, shards, reranker)

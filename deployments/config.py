@@ -111,6 +111,9 @@ class EncoderConfig(_Section):
     max_ongoing_requests: int = Field(256, ge=1)
     """Requests a replica accepts at once: >= max_batch_size so batches can fill, ~2x so the
     next batch assembles while one runs; beyond that requests only queue."""
+    max_queued_requests: int = Field(256, ge=-1)
+    """Requests Serve holds for the pool beyond what its replicas accept (-1: unbounded). Past
+    it a caller is refused at once: the router answers 503 with Retry-After."""
     max_seq_length: int = Field(256, ge=8, le=8192)
     """Tokens kept per text; longer texts are truncated."""
     build_batch_size: int = Field(64, ge=1)
@@ -150,6 +153,7 @@ class EncoderConfig(_Section):
         """The Serve `.options(...)` of the encoder pool from this config."""
         options: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
             "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
         }
         if self.autoscaling is not None:
@@ -187,6 +191,9 @@ class RetrieverConfig(_Section):
     """Logical Ray CPUs per shard replica."""
     max_ongoing_requests: int = Field(128, ge=1)
     """Concurrent searches a shard replica accepts."""
+    max_queued_requests: int = Field(128, ge=-1)
+    """Searches Serve holds for a shard beyond `max_ongoing_requests` (-1: unbounded); past it
+    the shard is refused at once and named in `degraded`."""
     candidates: int = Field(50, ge=1, le=1000)
     """ANN candidates asked of every shard before fusion."""
     faiss_threads: int = Field(1, ge=1)
@@ -240,7 +247,7 @@ class RerankerConfig(_Section):
     it the router is refused at once and answers without the LLM stages."""
     max_pending: int = Field(8, ge=1, le=1024)
     """LLM calls (a rerank or one request's explanations) a replica runs at once; more are
-    refused at once (`Overloaded`) and the router degrades the stage. On a CPU each call takes
+    refused at once (`QueueFull`) and the router degrades the stage. On a CPU each call takes
     ~1 s of both cores, so a deep queue only makes every waiting call miss its deadline."""
     max_model_len: int = Field(2048, ge=256)
     """Context length the engine reserves per sequence."""
@@ -294,8 +301,13 @@ class RouterConfig(_Section):
     """Logical Ray CPUs per router replica."""
     max_ongoing_requests: int = Field(256, ge=1)
     """Concurrent requests per router replica (the default 5 throttles a fan-in router)."""
+    max_queued_requests: int = Field(64, ge=-1)
+    """Requests the HTTP proxy holds beyond what the router replicas accept (-1: unbounded);
+    past it the proxy answers 503 with Retry-After at once instead of letting clients wait."""
     default_deadline_ms: int = Field(5000, ge=10, le=120_000)
     """Deadline of a request that names none."""
+    backend_timeout_s: float = Field(10.0, gt=0, le=600)
+    """Longest an item lookup, delete or feedback check waits for its shard before a 502."""
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     """Larger request bodies are refused with 413."""
     history_half_life: float = Field(10.0, gt=0)

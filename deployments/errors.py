@@ -14,6 +14,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "Overloaded",
+    "QueueFull",
     "Unavailable",
     "BackendFailed",
     "DeadlineExceeded",
@@ -61,6 +62,12 @@ class Overloaded(LlmrecError):
 
 class Unavailable(LlmrecError):
     status, kind, retry_after_s = 503, "unavailable", 5
+
+
+class QueueFull(Unavailable):
+    """A deployment's bounded queue is full: answered at once, never waited on."""
+
+    kind, retry_after_s = "overloaded", 1
 
 
 class BackendFailed(LlmrecError):

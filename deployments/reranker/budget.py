@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from deployments.errors import DeadlineExceeded, Overloaded
+from deployments.errors import DeadlineExceeded, QueueFull
 
 __all__ = ["Admission", "EngineCost"]
 
@@ -80,7 +80,7 @@ class Admission:
     """A bounded queue of LLM calls with deadline-aware admission.
 
     `admit(seconds, deadline)` is a context manager around one engine call
-    predicted to take `seconds`. It raises `Overloaded` at once when
+    predicted to take `seconds`. It raises `QueueFull` at once when
     `max_pending` calls are already in flight, and `DeadlineExceeded` when the
     call, started behind the predicted remainder of those in flight, would
     end after `deadline` (a `time.time()` value). The backlog is a sum, which
@@ -110,7 +110,7 @@ class Admission:
         """Raise as `admit` would, without admitting."""
         if self.pending >= self.max_pending:
             self.refused["queue_full"] += 1
-            raise Overloaded(f"LLM queue full ({self.pending} calls in flight)")
+            raise QueueFull(f"LLM queue full ({self.pending} calls in flight)")
         if deadline is not None and not self.fits(seconds, deadline):
             self.refused["deadline"] += 1
             late = time.time() + self.backlog_s() + seconds - deadline

@@ -6,7 +6,7 @@ carries the caller's deadline (a `time.time()` value). Work is sized to it
 from the engine's measured costs (`EngineCost`): a rerank letters fewer
 candidates, an explanation gets fewer tokens, and work that cannot finish in
 time is refused at once (`DeadlineExceeded`) instead of started. A full queue
-is `Overloaded` at once. Work that is running when the deadline passes is
+is `QueueFull` at once. Work that is running when the deadline passes is
 aborted in the engine.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from deployments.config import RerankerConfig
-from deployments.errors import BackendFailed, DeadlineExceeded, Overloaded
+from deployments.errors import BackendFailed, DeadlineExceeded, QueueFull
 from deployments.reranker.budget import Admission, EngineCost
 from deployments.reranker.engine import EngineFailed, PromptTooLong, RerankEngine, VllmEngine
 from deployments.reranker.prompts import (
@@ -163,7 +163,7 @@ class RerankerCore:
         prompt would not finish before `deadline` (leaving time to explain
         `explain_after` items), fewer candidates are lettered; when even two
         would not, `DeadlineExceeded`. Raises `ValueError` when the lists
-        differ in length, `Overloaded` when the queue is full, `RerankFailed`
+        differ in length, `QueueFull` when the queue is full, `RerankFailed`
         when the engine fails.
         """
         candidates = context.candidates
@@ -248,7 +248,7 @@ class RerankerCore:
         `explanation_from` are asked for again, sampled, while time is left (at
         most `config.explain_attempts` rounds in all); what still fails, or a
         prompt too long for the context, gets the template reason. Raises
-        `Overloaded` when the queue is full and `RerankFailed` when the engine
+        `QueueFull` when the queue is full and `RerankFailed` when the engine
         fails.
         """
         if not targets:
@@ -270,7 +270,7 @@ class RerankerCore:
                 texts = await self._generate(
                     context, chars, [prompts[t] for t in todo], deadline, attempt
                 )
-            except (DeadlineExceeded, Overloaded):
+            except (DeadlineExceeded, QueueFull):
                 if attempt == 0:
                     raise
                 break  # the first round's answers stand; no time or room for another

@@ -97,6 +97,7 @@ def bind_shard(
         name=f"ShardRetriever-{shard_no}",
         num_replicas=1,
         max_ongoing_requests=config.max_ongoing_requests,
+        max_queued_requests=config.max_queued_requests,
         user_config=user,
         ray_actor_options={"num_cpus": config.num_cpus},
     ).bind(index_dir, shard_no, init, dim)

@@ -40,7 +40,7 @@ from deployments.errors import (
     BackendFailed,
     DeadlineExceeded,
     NotFound,
-    Overloaded,
+    QueueFull,
     Unavailable,
 )
 from deployments.reranker.core import Explanation, RerankOutcome
@@ -80,7 +80,7 @@ class RerankClient(Protocol):
     The contract is `RerankerCore.rerank` / `RerankerCore.explain`: `deadline`
     is the request's deadline as a `time.time()` value, and the reranker
     neither starts nor keeps running work past it. Failures the router
-    degrades on: `BackendFailed` (the engine failed), `Overloaded` (queue
+    degrades on: `BackendFailed` (the engine failed), `QueueFull` (queue
     full), `DeadlineExceeded` (would not finish in time), and
     `ConnectionError`/`TimeoutError` from the handle.
     """
@@ -104,7 +104,7 @@ class RerankClient(Protocol):
 
 
 _ANN, _KNN, _ALS, _POP = range(len(FEATURES))
-_STAGE_ERRORS = (TimeoutError, ConnectionError, BackendFailed, Overloaded, DeadlineExceeded)
+_STAGE_ERRORS = (TimeoutError, ConnectionError, BackendFailed, QueueFull, DeadlineExceeded)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import numpy as np
@@ -11,10 +12,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayError
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import AppConfig
-from deployments.errors import BackendFailed, LlmrecError, NotFound
+from deployments.errors import BackendFailed, LlmrecError, NotFound, QueueFull
 from deployments.router.core import RouterCore
 from deployments.router.feedback import FEEDBACK_FILE, FeedbackLog, apply_event
 from deployments.router.http import (
@@ -33,6 +35,7 @@ from retrieval.shards import Hit, Item, shard_of
 __all__ = ["Router", "api"]
 
 api = FastAPI(title="llmrec", version="1")
+log = logging.getLogger(__name__)
 
 
 @api.exception_handler(LlmrecError)
@@ -48,16 +51,20 @@ class _Remote:
     """Calls a deployment method; the one place Ray's failures are translated.
 
     An `LlmrecError` raised in the replica (Ray re-raises it as an instance of
-    its own class) passes through as it is; any other Ray failure surfaces as
-    `ConnectionError`. When the caller stops waiting (its deadline passed, or
-    its client went away) the call is cancelled in the replica too: awaiting a
-    Serve response does not cancel it by itself.
+    its own class) passes through as it is; a full queue (Serve's
+    `BackPressureError`) becomes `QueueFull`; any other Ray failure surfaces
+    as `ConnectionError` naming the deployment only (the Ray details, actor
+    ids and node addresses, go to the log). When the caller stops waiting (its
+    deadline passed, or its client went away) the call is cancelled in the
+    replica too: awaiting a Serve response does not cancel it by itself.
     """
 
     def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
 
     def __getattr__(self, method: str):
+        name = self.handle.deployment_name
+
         async def call(*args):
             response = getattr(self.handle, method).remote(*args)
             try:
@@ -67,8 +74,11 @@ class _Remote:
                 raise
             except LlmrecError:
                 raise
+            except BackPressureError as exc:
+                raise QueueFull(f"{name} is at capacity") from exc
             except RayError as exc:
-                raise ConnectionError(f"{self.handle.deployment_name}.{method}: {exc}") from exc
+                log.warning("%s.%s failed: %s", name, method, exc)
+                raise ConnectionError(f"{name} did not answer") from exc
 
         return call
 
@@ -121,18 +131,23 @@ class Router:
         try:
             return await self.encoder.encode(text)
         except ConnectionError as exc:
-            raise BackendFailed(f"encoder failed: {exc}") from exc
+            raise BackendFailed("the encoder did not answer") from exc
 
     def _owner(self, item_id: str) -> _Remote:
         """The shard that holds (or would hold) `item_id`."""
         return self.shards[shard_of(item_id, len(self.shards))]
 
+    def _owner_name(self, item_id: str) -> str:
+        return f"shard-{shard_of(item_id, len(self.shards))}"
+
     async def _find(self, item_id: str) -> Hit:
         """The stored item from its shard; NotFound (404) when the shard has none."""
         try:
-            found = await self._owner(item_id).lookup([item_id])
-        except ConnectionError as exc:
-            raise BackendFailed(str(exc)) from exc
+            found = await asyncio.wait_for(
+                self._owner(item_id).lookup([item_id]), self.config.router.backend_timeout_s
+            )
+        except (ConnectionError, TimeoutError) as exc:
+            raise BackendFailed(f"{self._owner_name(item_id)} did not answer") from exc
         if item_id not in found:
             raise NotFound(f"unknown item {item_id!r}", field="item_id")
         return found[item_id][0]
@@ -140,9 +155,11 @@ class Router:
     async def _delete(self, item_id: str) -> None:
         """Delete `item_id` from its shard; NotFound (404) when the shard has none."""
         try:
-            deleted = await self._owner(item_id).delete([item_id])
-        except ConnectionError as exc:
-            raise BackendFailed(str(exc)) from exc
+            deleted = await asyncio.wait_for(
+                self._owner(item_id).delete([item_id]), self.config.router.backend_timeout_s
+            )
+        except (ConnectionError, TimeoutError) as exc:
+            raise BackendFailed(f"{self._owner_name(item_id)} did not answer") from exc
         if not deleted:
             raise NotFound(f"unknown item {item_id!r}", field="item_id")
 

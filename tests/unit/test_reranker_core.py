@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deployments.config import RerankerConfig
-from deployments.errors import BackendFailed, DeadlineExceeded, Overloaded
+from deployments.errors import BackendFailed, DeadlineExceeded, QueueFull
 from deployments.reranker.core import RerankerCore, RerankFailed
 from deployments.reranker.engine import EngineFailed, PromptTooLong, RerankEngine
 from deployments.reranker.prompts import LETTERS, Candidate, PromptContext
@@ -235,7 +235,7 @@ async def test_a_full_queue_refuses_at_once():
     first = asyncio.ensure_future(core.explain(ctx(make_items(1)), [0]))
     await asyncio.sleep(0.02)
     started = time.perf_counter()
-    with pytest.raises(Overloaded):
+    with pytest.raises(QueueFull):
         await core.rerank(ctx(make_items(3)), [3, 2, 1])
     assert time.perf_counter() - started < 0.05
     assert core.admission.refused["queue_full"] == 1

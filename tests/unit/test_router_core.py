@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from deployments.config import AppConfig, RerankerConfig, RouterConfig
-from deployments.errors import DeadlineExceeded, NotFound, Overloaded
+from deployments.errors import DeadlineExceeded, NotFound, QueueFull
 from deployments.reranker.core import Explanation, RerankerCore, RerankOutcome
 from deployments.reranker.prompts import Candidate, PromptContext
 from deployments.router.core import RouterCore, fusion_from_config
@@ -72,7 +72,7 @@ class BuggyReranker(ReverseReranker):
 
 class BusyReranker(ReverseReranker):
     async def rerank(self, *args):
-        raise Overloaded("LLM queue full")
+        raise QueueFull("LLM queue full")
 
     async def explain(self, *args):
         raise DeadlineExceeded("would not finish")

@@ -13,7 +13,8 @@ check: the idle latency (default deadline), a burst of requests whose
 deadline passes, and the latency of the next request, as a ratio to idle.
 
 Variants:
-- `before`: the settings of the previous release: bfloat16 whatever the CPU,
+- `before`: the settings of the previous release, and no deadline in the
+  engine (its requests run to the end): bfloat16 whatever the CPU,
   vLLM's own thread binding (1 of 2 cores), 128-token KV blocks, each
   explanation in a prompt of its own, no bound on the work in flight, and
   work left running when its caller gives up (what the Serve hop did before
@@ -156,9 +157,10 @@ async def _level(
     contexts: list[PromptContext],
     variant: Variant,
     concurrency: int,
-    deadline_s: float,
+    deadline_s: float | None,
 ) -> _Run:
-    """`contexts` at `concurrency`, each with the default deadline, as the router sends them."""
+    """`contexts` at `concurrency`, each with the default deadline (if any), as the router
+    sends them."""
     run = _Run()
     queue = list(contexts)
 
@@ -167,8 +169,9 @@ async def _level(
             context = queue.pop()
             t = time.perf_counter()
             try:
+                deadline = None if deadline_s is None else time.time() + deadline_s
                 rerank_s, explain_s, tokens, sources = await _request(
-                    core, context, variant, time.time() + deadline_s
+                    core, context, variant, deadline
                 )
             except (DeadlineExceeded, QueueFull):
                 run.degraded += 1  # the router would answer without the LLM stages
@@ -253,7 +256,9 @@ async def _variant(
         for c in concurrency:
             before = core.describe()
             batch = [next(fresh) for _ in range(max(per_level, 2 * c))]
-            run = await _level(core, batch, variant, c, deadline_s)
+            # `before` had no deadline in the engine: its work ran to the end, answered or not.
+            level_deadline = deadline_s if variant.abort_expired else None
+            run = await _level(core, batch, variant, c, level_deadline)
             after = core.describe()
             levels.append(
                 {

@@ -239,19 +239,29 @@ def serve_app_configs(address: str = DASHBOARD) -> list[dict[str, Any]]:
         return []
 
 
+def _dashboard_answers(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/api/version", timeout=5.0)  # any answer, even 401, means it is up
+        return True
+    except httpx.HTTPError:
+        return False
+
+
 def _wait_for_dashboard(url: str, timeout_s: float = 120.0) -> None:
     """`ray start` returns before the dashboard (which serves `serve deploy`) listens."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            httpx.get(f"{url}/api/version", timeout=5.0)  # any answer, even 401, means it is up
+        if _dashboard_answers(url):
             return
-        except httpx.HTTPError:
-            time.sleep(1.0)
+        time.sleep(1.0)
     raise ClusterError(
         f"the Ray dashboard at {url} did not answer within {timeout_s:.0f}s;"
         " see /tmp/ray/session_latest/logs/dashboard.log"
     )
+
+
+CLUSTER_GONE_CHECKS = 3
+"""`up` gives up after this many health checks (2 s apart) in which the Ray cluster is gone."""
 
 
 def up(
@@ -295,10 +305,17 @@ def up(
     _run([_bin("serve"), "deploy", str(rendered), "--address", dashboard])
     url = _http_url(config)
     deadline = time.monotonic() + timeout_s
+    silent = 0  # consecutive checks with neither the app nor the cluster answering
     while time.monotonic() < deadline:
         status, body = health(url)
         if status == 200:
             return url
+        silent = silent + 1 if status == 0 and not _dashboard_answers(dashboard) else 0
+        if silent >= CLUSTER_GONE_CHECKS:
+            raise ClusterError(
+                f"the Ray cluster at {dashboard} stopped answering while the app was starting "
+                "(was it stopped, e.g. by `llmrec down`?); start it again with `llmrec up`"
+            )
         if on_wait:
             on_wait(status, body)
         time.sleep(2.0)

@@ -4,7 +4,7 @@ The Serve wrapper lives in `deployments.reranker.deployment` (imported on its
 own so that this package stays importable without Ray).
 """
 
-from deployments.reranker.budget import Admission, EngineCost
+from deployments.reranker.budget import Admission, EngineCost, Work
 from deployments.reranker.core import Explanation, RerankerCore, RerankFailed, RerankOutcome
 from deployments.reranker.engine import (
     EngineFailed,
@@ -43,6 +43,7 @@ __all__ = [
     "RerankOutcome",
     "RerankerCore",
     "VllmEngine",
+    "Work",
     "blend",
     "build_explain_prompt",
     "build_rerank_prompt",

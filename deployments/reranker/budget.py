@@ -16,10 +16,22 @@ from dataclasses import dataclass, field
 
 from deployments.errors import DeadlineExceeded, QueueFull
 
-__all__ = ["Admission", "EngineCost"]
+__all__ = ["Admission", "EngineCost", "Work"]
 
 _MIN_PREFILL_SAMPLE = 32
 """Calls with fewer new prompt tokens than this say little about the per-token cost."""
+
+
+@dataclass(frozen=True)
+class Work:
+    """Predicted seconds of one engine call: computing its prompt, then decoding."""
+
+    prefill_s: float
+    decode_s: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.prefill_s + self.decode_s
 
 
 @dataclass
@@ -43,7 +55,11 @@ class EngineCost:
 
     def predict(self, new_tokens: int, steps: int = 1) -> float:
         """Seconds for a call that computes `new_tokens` prompt tokens and `steps` decode steps."""
-        return self.call_s + new_tokens * self.prefill_s + max(steps - 1, 0) * self.step_s
+        return self.work(new_tokens, steps).seconds
+
+    def work(self, new_tokens: int, steps: int = 1) -> Work:
+        """`predict`, split into the prompt part and the decode part."""
+        return Work(self.call_s + new_tokens * self.prefill_s, max(steps - 1, 0) * self.step_s)
 
     def _mix(self, name: str, new: float) -> None:
         old = getattr(self, name)
@@ -79,17 +95,18 @@ class EngineCost:
 class Admission:
     """A bounded queue of LLM calls with deadline-aware admission.
 
-    `admit(seconds, deadline)` is a context manager around one engine call
-    predicted to take `seconds`. It raises `QueueFull` at once when
-    `max_pending` calls are already in flight, and `DeadlineExceeded` when the
-    call, started behind the predicted remainder of those in flight, would
-    end after `deadline` (a `time.time()` value). The backlog is a sum, which
-    is right for prefill on CPUs (compute-bound) and cautious on GPUs.
+    `admit(work, deadline)` is a context manager around one engine call
+    predicted to cost `work`. It raises `QueueFull` at once when `max_pending`
+    calls are already in flight, and `DeadlineExceeded` when the call would
+    end after `deadline` (a `time.time()` value). A new call waits for the
+    prompts still being computed ahead of it (prefill is compute-bound: their
+    remaining prefill adds up), but not for their decoding: the engine batches
+    the decode steps of every running sequence together.
     """
 
     def __init__(self, max_pending: int) -> None:
         self.max_pending = max_pending
-        self._running: dict[int, tuple[float, float]] = {}  # id -> (start, predicted seconds)
+        self._running: dict[int, tuple[float, float]] = {}  # id -> (start, predicted prefill s)
         self._next = 0
         self.refused: dict[str, int] = {"queue_full": 0, "deadline": 0}
 
@@ -98,33 +115,34 @@ class Admission:
         return len(self._running)
 
     def backlog_s(self, now: float | None = None) -> float:
-        """Predicted seconds of work still ahead of a call admitted now."""
+        """Predicted seconds of prompt computation still ahead of a call admitted now."""
         now = time.time() if now is None else now
-        return sum(max(cost - (now - start), 0.0) for start, cost in self._running.values())
+        return sum(max(prefill - (now - start), 0.0) for start, prefill in self._running.values())
 
-    def fits(self, seconds: float, deadline: float | None) -> bool:
-        """Whether a call of `seconds`, started behind the work in flight, ends by `deadline`."""
-        return deadline is None or time.time() + self.backlog_s() + seconds <= deadline
+    def fits(self, work: Work, deadline: float | None) -> bool:
+        """Whether `work`, started behind the prompts in flight, ends by `deadline`."""
+        return deadline is None or time.time() + self.backlog_s() + work.seconds <= deadline
 
-    def check(self, seconds: float, deadline: float | None) -> None:
+    def check(self, work: Work, deadline: float | None) -> None:
         """Raise as `admit` would, without admitting."""
         if self.pending >= self.max_pending:
             self.refused["queue_full"] += 1
             raise QueueFull(f"LLM queue full ({self.pending} calls in flight)")
-        if deadline is not None and not self.fits(seconds, deadline):
+        if deadline is not None and not self.fits(work, deadline):
             self.refused["deadline"] += 1
-            late = time.time() + self.backlog_s() + seconds - deadline
+            backlog = self.backlog_s()
+            late = time.time() + backlog + work.seconds - deadline
             raise DeadlineExceeded(
-                f"LLM work of ~{seconds * 1000:.0f} ms behind ~{self.backlog_s() * 1000:.0f} ms "
-                f"in flight would end {late * 1000:.0f} ms past the deadline"
+                f"LLM work of ~{work.seconds * 1000:.0f} ms behind ~{backlog * 1000:.0f} ms "
+                f"of prompts in flight would end {late * 1000:.0f} ms past the deadline"
             )
 
     @contextmanager
-    def admit(self, seconds: float, deadline: float | None) -> Iterator[None]:
-        self.check(seconds, deadline)
+    def admit(self, work: Work, deadline: float | None) -> Iterator[None]:
+        self.check(work, deadline)
         key = self._next
         self._next += 1
-        self._running[key] = (time.time(), seconds)
+        self._running[key] = (time.time(), work.prefill_s)
         try:
             yield
         finally:

@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 
 from deployments.config import RerankerConfig
 from deployments.errors import BackendFailed, DeadlineExceeded, QueueFull
-from deployments.reranker.budget import Admission, EngineCost
+from deployments.reranker.budget import Admission, EngineCost, Work
 from deployments.reranker.engine import EngineFailed, PromptTooLong, RerankEngine, VllmEngine
 from deployments.reranker.prompts import (
     LETTERS,
@@ -173,7 +173,7 @@ class RerankerCore:
         head = by_retrieval[: self.config.max_candidates]
         if len(head) < 2:
             return RerankOutcome([(i, 1.0) for i in by_retrieval], len(head), 0)
-        reserve = self._explain_estimate(explain_after) if explain_after else 0.0
+        reserve = self._explain_estimate(explain_after).seconds if explain_after else 0.0
         budget = None if deadline is None else deadline - reserve
         ordered = _with_candidates(context, [candidates[i] for i in head])
         messages, n, text_chars, estimate = self._fit_rerank(ordered, budget)
@@ -191,27 +191,27 @@ class RerankerCore:
         rest = [(i, lowest - _UNSCORED_STEP * (k + 1)) for k, i in enumerate(by_retrieval[n:])]
         return RerankOutcome(scored + rest, n, text_chars, out.prompt_tokens, out.cached_tokens)
 
-    def _text_chars(self, context: PromptContext) -> int:
-        """The longest item text (of `_TEXT_SHARES`) whose rerank prompt fits `prompt_tokens`."""
-        full = self.config.item_text_chars
+    def _fit_text(self, context: PromptContext) -> tuple[list[dict[str, str]], int, int]:
+        """The rerank prompt with the longest item text (of `_TEXT_SHARES`) that fits
+        `prompt_tokens` (else none), its text length and its tokens."""
         for share in _TEXT_SHARES:
-            chars = int(full * share)
+            chars = int(self.config.item_text_chars * share)
             messages = build_rerank_prompt(context, item_text_chars=chars)
-            if self.engine.count_tokens(messages) <= self.config.prompt_tokens:
-                return chars
-        return 0
+            tokens = self.engine.count_tokens(messages)
+            if tokens <= self.config.prompt_tokens or share == _TEXT_SHARES[-1]:
+                return messages, chars, tokens
+        raise AssertionError("unreachable: the last share is always taken")
 
     def _fit_rerank(
         self, context: PromptContext, budget: float | None
-    ) -> tuple[list[dict[str, str]], int, int, float]:
+    ) -> tuple[list[dict[str, str]], int, int, Work]:
         """The largest lettered head (halving from all of it, at least 2) that fits `budget`."""
         n = len(context.candidates)
         while True:
-            lettered = _with_candidates(context, context.candidates[:n])
-            chars = self._text_chars(lettered)
-            messages = build_rerank_prompt(lettered, item_text_chars=chars)
-            tokens = self.engine.count_tokens(messages)
-            estimate = self.cost.predict(max(tokens - self._always_cached, 1))
+            messages, chars, tokens = self._fit_text(
+                _with_candidates(context, context.candidates[:n])
+            )
+            estimate = self.cost.work(max(tokens - self._always_cached, 1))
             if n <= 2 or self.admission.fits(estimate, budget):
                 return messages, n, chars, estimate
             n = max(n // 2, 2)
@@ -222,8 +222,7 @@ class RerankerCore:
         self.cost.observe_prefill(prompt - cached, time.perf_counter() - started)
         self.stats.rerank.add(prompt, cached)
         key = _context_key(context, chars)
-        shared = self.engine.count_tokens(build_rerank_prompt(context, item_text_chars=chars))
-        self._scored[key] = shared
+        self._scored[key] = prompt  # the explain prompts of this context start with it
         self._scored.move_to_end(key)
         while len(self._scored) > _RECENT_CONTEXTS:
             self._scored.popitem(last=False)
@@ -295,8 +294,7 @@ class RerankerCore:
         """One round of explanations: greedy first, sampled (seeded by round) on later rounds."""
         new_tokens = self._explain_new_tokens(context, chars, prompts)
         max_tokens = self._explain_tokens(new_tokens, deadline)
-        estimate = self.cost.predict(new_tokens, max_tokens)
-        with self.admission.admit(estimate, deadline):
+        with self.admission.admit(self.cost.work(new_tokens, max_tokens), deadline):
             started = time.perf_counter()
             try:
                 outs = await self._call(
@@ -341,10 +339,10 @@ class RerankerCore:
             raise DeadlineExceeded(f"explanations need ~{need:.2f} s, {max(left, 0.0):.2f} s left")
         return min(fit, most)
 
-    def _explain_estimate(self, n: int) -> float:
-        """Seconds to explain `n` items at the fewest tokens, their shared prefix cached."""
+    def _explain_estimate(self, n: int) -> Work:
+        """Explaining `n` items at the fewest tokens, their shared prefix cached."""
         tail = 48 + self.config.block_size  # task line + prefill, plus a partly cached block
-        return self.cost.predict(n * tail, self.config.explain_min_tokens)
+        return self.cost.work(n * tail, self.config.explain_min_tokens)
 
     @staticmethod
     def _template(context: PromptContext, target: int, check: str) -> Explanation:

@@ -10,6 +10,7 @@ import pytest
 
 from deployments.config import RerankerConfig
 from deployments.errors import BackendFailed, DeadlineExceeded, QueueFull
+from deployments.reranker.budget import Admission, Work
 from deployments.reranker.core import RerankerCore, RerankFailed
 from deployments.reranker.engine import EngineFailed, PromptTooLong, RerankEngine
 from deployments.reranker.prompts import LETTERS, Candidate, PromptContext
@@ -268,3 +269,14 @@ def test_letters_cover_the_configured_maximum():
         RerankerConfig(max_candidates=len(LETTERS) + 1)
     with pytest.raises(ValueError, match="explain_min_tokens"):
         RerankerConfig(explain_min_tokens=40, explain_max_tokens=32)
+
+
+def test_admission_waits_for_prompts_in_flight_but_not_for_their_decoding():
+    admission = Admission(max_pending=4)
+    with admission.admit(Work(prefill_s=1.0, decode_s=10.0), None):
+        now = time.time()
+        assert admission.backlog_s() == pytest.approx(1.0, abs=0.05)
+        # 1 s of prompt ahead + 0.5 s own prompt + 2 s own decode: ends ~3.5 s from now.
+        assert admission.fits(Work(0.5, 2.0), now + 3.7)
+        assert not admission.fits(Work(0.5, 2.0), now + 3.2)
+    assert admission.backlog_s() == 0.0 and admission.pending == 0

@@ -47,6 +47,9 @@ DASHBOARD = "http://127.0.0.1:8265"
 # example tests' `ray.init()`) exist, and `ray status`/`ray stop` would otherwise find
 # or end those too.
 HEAD_PORT = 6379
+METRICS_PORT = 8080
+"""Where the local head exports Prometheus metrics (Serve's and llmrec's): scrape
+http://127.0.0.1:8080/metrics."""
 HEAD_ADDRESS = f"127.0.0.1:{HEAD_PORT}"
 
 # Environment of `ray start` (a variable already set in the caller's environment wins):
@@ -290,6 +293,7 @@ def up(
             "start",
             "--head",
             f"--port={HEAD_PORT}",
+            f"--metrics-export-port={METRICS_PORT}",
             "--disable-usage-stats",
             "--dashboard-host",
             "127.0.0.1",

@@ -27,6 +27,7 @@ from deployments.router.http import (
     parse_recommend,
     recommend_response,
 )
+from deployments.router.metrics import RouterMetrics
 from retrieval.build import item_texts, load_als, load_cf
 from retrieval.fusion import load_fusion
 from retrieval.profiles import histories_from_log
@@ -40,7 +41,10 @@ log = logging.getLogger(__name__)
 
 @api.exception_handler(LlmrecError)
 async def _llmrec_error(request: Request, exc: LlmrecError) -> Response:
-    """Every route's errors become the status and JSON body of DESIGN.md."""
+    """Every route's errors become the status and JSON body of DESIGN.md (and a metric)."""
+    router = getattr(request.app.state, "router_metrics", None)
+    if router is not None:
+        router.failed(exc.kind)
     return error_response(exc)
 
 
@@ -108,6 +112,8 @@ class Router:
         reranker: DeploymentHandle | None = None,
     ) -> None:
         self.config = AppConfig.model_validate(config)
+        self.metrics = RouterMetrics()
+        api.state.router_metrics = self.metrics
         self.encoder = _Remote(encoder)
         self.shards = [_Remote(s) for s in shards]
         self.reranker = _Remote(reranker) if reranker is not None else None
@@ -168,7 +174,9 @@ class Router:
         arrived = time.perf_counter()
         check_auth(request.headers, self.config.router.api_keys)
         req = parse_recommend(await request.body(), self.config.router.max_body_bytes)
-        return recommend_response(await self.core.recommend(req, arrived))
+        response = await self.core.recommend(req, arrived)
+        self.metrics.answered(response)
+        return recommend_response(response)
 
     @api.get("/v1/items/{item_id}")
     async def get_item(self, item_id: str, request: Request) -> Response:

@@ -388,6 +388,40 @@ def print_table(result: dict[str, Any]) -> None:
         )
 
 
+async def _http_recovery(url: str, burst: int, burst_deadline_ms: int) -> dict[str, Any]:
+    """The recovery check through a deployed service: the router, Serve's hops and the engine."""
+    import httpx
+
+    body = {"k": 10, "rerank": True, "explain": True}
+
+    async def timed(client: httpx.AsyncClient, extra: dict[str, Any]) -> tuple[float, dict]:
+        t = time.perf_counter()
+        r = await client.post("/v1/recommend", json={**body, **extra})
+        return time.perf_counter() - t, (
+            r.json() if r.status_code == 200 else {"status": r.status_code}
+        )
+
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        idle = [await timed(client, {"user_id": str(u)}) for u in (11, 12, 13)]
+        shots = [
+            timed(client, {"user_id": str(100 + u), "deadline_ms": burst_deadline_ms})
+            for u in range(burst)
+        ]
+        answers = await asyncio.gather(*shots)
+        after_s, after = await timed(client, {"user_id": "14"})
+    idle_s = float(np.median([s for s, _ in idle]))
+    return {
+        "idle_ms": round(idle_s * 1000, 1),
+        "after_burst_ms": round(after_s * 1000, 1),
+        "ratio": round(after_s / idle_s, 2),
+        "burst": burst,
+        "burst_deadline_ms": burst_deadline_ms,
+        "burst_degraded": sum(1 for _, a in answers if a.get("degraded") or "status" in a),
+        "idle_degraded": [a.get("degraded") for _, a in idle],
+        "after_degraded": after.get("degraded"),
+    }
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "reranker",
@@ -407,11 +441,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override a reranker setting of the `current` variant (e.g. dtype=float32)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--url",
+        help="instead: the recovery check against this running service, over HTTP "
+        "(users 11-14 at the default deadline, a burst of 20 with a 1.5 s deadline)",
+    )
     p.add_argument("--json", help="write the results as JSON here")
     p.set_defaults(func=cmd_bench_reranker)
 
 
 def cmd_bench_reranker(args: argparse.Namespace) -> int:
+    if args.url:
+        result = asyncio.run(_http_recovery(args.url, 20, 1500))
+        console.print(
+            f"recovery through {args.url}: idle {result['idle_ms']:.0f} ms, after "
+            f"{result['burst']} requests expiring at {result['burst_deadline_ms']} ms "
+            f"({result['burst_degraded']} degraded): {result['after_burst_ms']:.0f} ms = "
+            f"{result['ratio']:.2f}x; degraded idle {result['idle_degraded']}, after "
+            f"{result['after_degraded']}"
+        )
+        _write_json(args.json, result)
+        return 0
     from cluster import local
 
     _, cfg = local.render_serve_config(args.config, data_dir=Path(args.data) if args.data else None)
@@ -426,8 +476,12 @@ def cmd_bench_reranker(args: argparse.Namespace) -> int:
         cfg, variants, concurrency=args.concurrency, per_level=args.requests, seed=args.seed
     )
     print_table(result)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        console.print(f"wrote {args.json}")
+    _write_json(args.json, result)
     return 0
+
+
+def _write_json(path: str | None, result: dict[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2))
+        console.print(f"wrote {path}")

@@ -10,9 +10,12 @@ The stages and their deadline rules:
    Item-kNN and ALS candidates join; every candidate gets the four features
    of `retrieval.fusion` (cosine, item-kNN, ALS, popularity) and their
    weighted sum is its score. Cold users with no query get popularity.
-4. rerank the top candidates with the LLM, then explain the final items;
-   either is skipped (and named in `degraded`) when it fails or would miss
-   the deadline. Only when nothing at all can be returned is it an error.
+4. rerank the top candidates with the LLM, then explain the final items in
+   prompts that repeat the rerank prompt (its lettered candidates first);
+   both calls carry the deadline, which the reranker sizes its work to. Either
+   is skipped (and named in `degraded`) when it fails, is refused (queue
+   full, cannot finish in time) or misses the deadline. Only when nothing at
+   all can be returned is it an error.
    A fusion whose rerank weight is 0 skips the LLM call (it could not
    change the order); the answer then says `reranked: false`.
 

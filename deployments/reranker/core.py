@@ -80,7 +80,7 @@ class Explanation:
 
     `check` is `"ok"` for an accepted generated reason, else the failed check
     (`too_short`, `markup`, `not_about_item`, `contradicts_catalog`,
-    `invented_title`, `prompt_too_long`, `nothing_to_name`).
+    `invented_title`, `prompt_too_long`, `nothing_to_name`, `no_time`).
     """
 
     text: str
@@ -160,8 +160,8 @@ class RerankerCore:
         blend of normalised retrieval and letter log-probability scores (0..1,
         weight `weight`, else `config.rerank_weight`). The others follow in
         retrieval order with scores just below the lowest blended one. When the
-        prompt would not finish before `deadline` (leaving time to explain
-        `explain_after` items), fewer candidates are lettered; when even two
+        prompt would not finish before `deadline` (leaving time to explain half
+        of `explain_after` items), fewer candidates are lettered; when even two
         would not, `DeadlineExceeded`. Raises `ValueError` when the lists
         differ in length, `QueueFull` when the queue is full, `RerankFailed`
         when the engine fails.
@@ -173,7 +173,8 @@ class RerankerCore:
         head = by_retrieval[: self.config.max_candidates]
         if len(head) < 2:
             return RerankOutcome([(i, 1.0) for i in by_retrieval], len(head), 0)
-        reserve = self._explain_estimate(explain_after).seconds if explain_after else 0.0
+        # Time for explaining at least the better half of the items afterwards.
+        reserve = self._explain_estimate((explain_after + 1) // 2).seconds if explain_after else 0.0
         budget = None if deadline is None else deadline - reserve
         ordered = _with_candidates(context, [candidates[i] for i in head])
         messages, n, text_chars, estimate = self._fit_rerank(ordered, budget)
@@ -243,7 +244,9 @@ class RerankerCore:
         `config.item_text_chars`), so a rerank just before leaves their shared
         part in the prefix cache. Each gets as many tokens as the time to
         `deadline` allows, at most `config.explain_max_tokens`; when fewer than
-        `config.explain_min_tokens` fit, `DeadlineExceeded`. Reasons that fail
+        `config.explain_min_tokens` fit, the best-ranked half of the items is
+        tried (the others get template reasons, check `no_time`), down to one;
+        when not even one fits, `DeadlineExceeded`. Reasons that fail
         `explanation_from` are asked for again, sampled, while time is left (at
         most `config.explain_attempts` rounds in all); what still fails, or a
         prompt too long for the context, gets the template reason. Raises
@@ -260,19 +263,25 @@ class RerankerCore:
         chars = self.config.item_text_chars if item_text_chars is None else item_text_chars
         prompts = {t: build_explain_prompt(context, t, item_text_chars=chars) for t in targets}
         done: dict[int, Explanation] = {}
-        failed: dict[int, str] = {}
-        for attempt in range(self.config.explain_attempts):
-            todo = [t for t in targets if t not in done]
-            if not todo:
-                break
+        failed: dict[int, str] = dict.fromkeys(targets, "no_time")
+        todo, attempt = list(targets), 0
+        while todo and attempt < self.config.explain_attempts:
             try:
                 texts = await self._generate(
                     context, chars, [prompts[t] for t in todo], deadline, attempt
                 )
-            except (DeadlineExceeded, QueueFull):
+            except DeadlineExceeded:
+                running_late = deadline is None or time.time() >= deadline
+                if attempt == 0 and len(todo) > 1 and not running_late:
+                    todo = todo[: len(todo) // 2]  # the best-ranked items; templates after
+                    continue
+                if attempt == 0:
+                    raise  # nothing fits, or the deadline passed while the engine ran
+                break  # the first round's answers stand; no time for another
+            except QueueFull:
                 if attempt == 0:
                     raise
-                break  # the first round's answers stand; no time or room for another
+                break
             except PromptTooLong:
                 return [self._template(context, t, "prompt_too_long") for t in targets]
             for t, text in zip(todo, texts, strict=True):
@@ -281,6 +290,8 @@ class RerankerCore:
                     done[t] = Explanation(sentence, "llm", "ok")
                 else:
                     failed[t] = check
+            todo = [t for t in todo if t not in done]
+            attempt += 1
         return [done.get(t) or self._template(context, t, failed[t]) for t in targets]
 
     async def _generate(

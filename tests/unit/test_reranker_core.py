@@ -206,6 +206,19 @@ async def test_explanation_tokens_follow_the_time_left():
         await core.explain(ctx(make_items(2)), [0, 1], deadline=time.time() + 0.05)
 
 
+async def test_short_of_time_the_best_ranked_items_are_explained_and_the_rest_templated():
+    engine = ScriptedEngine()
+    core = make_core(engine, explain_min_tokens=10, explain_max_tokens=10, explain_attempts=1)
+    # Each prompt costs 0.02 s to compute, every decode step 0.01 s: 8 items need ~0.25 s.
+    core.cost.call_s, core.cost.step_s = 0.0, 0.01
+    core.cost.prefill_s = 0.02 / 60
+    out = await core.explain(ctx(make_items(8)), list(range(8)), deadline=time.time() + 0.18)
+    sources = [e.source for e in out]
+    assert engine.batches and engine.batches[0] < 8
+    assert sources[: engine.batches[0]] == ["llm"] * engine.batches[0]
+    assert all(e.check == "no_time" for e in out[engine.batches[0] :])
+
+
 async def test_work_past_its_deadline_is_aborted_in_the_engine():
     engine = ScriptedEngine(seconds_per_step=1.0)
     core = make_core(engine)

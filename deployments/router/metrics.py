@@ -35,7 +35,7 @@ class RouterMetrics:
         )
         self.errors = metrics.Counter(
             "llmrec_errors_total",
-            description="Answers that were errors, by error type (overloaded, not_found, …).",
+            description="Answers that were errors, by error type (overloaded, not_found, ...).",
             tag_keys=("type",),
         )
 

@@ -200,7 +200,7 @@ def query(url: str, body: dict[str, Any], timeout: float = 120.0) -> tuple[int, 
 def _why(item: dict[str, Any]) -> str:
     """The explanation, marked when it is a template reason rather than a generated one."""
     text = item.get("explanation") or ""
-    return f"{text} [template]" if text and item.get("explanation_source") == "template" else text
+    return f"{text} (template)" if text and item.get("explanation_source") == "template" else text
 
 
 def print_answer(title: str, answer: dict[str, Any]) -> None:

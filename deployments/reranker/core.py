@@ -49,6 +49,8 @@ one differ in the last digits, and ties then fall back to the retrieval order.""
 _TEXT_SHARES = (1.0, 0.25, 0.0)
 """Item-text lengths tried, as shares of `item_text_chars`, until a prompt fits its budget."""
 _RECENT_CONTEXTS = 256
+_TASK_TOKENS = 40
+"""About the tokens of a prompt's task line and prefill, which rerank and explain do not share."""
 _RETRY_TEMPERATURE = 0.7
 """Later explanation rounds sample, so a reason that failed its checks is not written again."""
 _T = TypeVar("_T")
@@ -141,7 +143,8 @@ class RerankerCore:
         self.stats = _Stats()
         self.warmed = False
         self._always_cached = 0  # tokens every prompt shares (system message, instructions)
-        self._scored: OrderedDict[tuple, int] = OrderedDict()  # context key -> shared tokens
+        # User key -> (ids of the candidates a recent rerank lettered, its prompt tokens).
+        self._scored: OrderedDict[tuple, tuple[tuple[str, ...], int]] = OrderedDict()
 
     # --- rerank ---------------------------------------------------------------
 
@@ -222,8 +225,8 @@ class RerankerCore:
     ) -> None:
         self.cost.observe_prefill(prompt - cached, time.perf_counter() - started)
         self.stats.rerank.add(prompt, cached)
-        key = _context_key(context, chars)
-        self._scored[key] = prompt  # the explain prompts of this context start with it
+        key = _user_key(context, chars)
+        self._scored[key] = (_candidate_ids(context), prompt)
         self._scored.move_to_end(key)
         while len(self._scored) > _RECENT_CONTEXTS:
             self._scored.popitem(last=False)
@@ -333,7 +336,11 @@ class RerankerCore:
         self, context: PromptContext, chars: int, prompts: list[list[dict[str, str]]]
     ) -> int:
         """Prompt tokens the engine will compute: what the prefix cache cannot serve."""
-        shared = self._scored.get(_context_key(context, chars), self._always_cached)
+        shared = self._always_cached
+        scored = self._scored.get(_user_key(context, chars))
+        if scored is not None and _candidate_ids(context)[: len(scored[0])] == scored[0]:
+            # The explain prompts start with that rerank prompt, all but its task line.
+            shared = max(scored[1] - _TASK_TOKENS, self._always_cached)
         total = sum(self.engine.count_tokens(m) for m in prompts)
         # A prefix is cached in whole blocks; each prompt recomputes up to one more.
         return max(total - len(prompts) * max(shared - self.config.block_size, 0), len(prompts))
@@ -437,13 +444,12 @@ def _with_candidates(context: PromptContext, candidates: list[Candidate]) -> Pro
     )
 
 
-def _context_key(context: PromptContext, chars: int) -> tuple:
-    return (
-        tuple(context.history_titles),
-        context.query,
-        tuple(c.item_id for c in context.candidates),
-        chars,
-    )
+def _user_key(context: PromptContext, chars: int) -> tuple:
+    return (tuple(context.history_titles), context.query, chars)
+
+
+def _candidate_ids(context: PromptContext) -> tuple[str, ...]:
+    return tuple(c.item_id for c in context.candidates)
 
 
 def _warm_up_contexts() -> list[PromptContext]:

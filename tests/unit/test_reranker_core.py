@@ -293,3 +293,22 @@ def test_admission_waits_for_prompts_in_flight_but_not_for_their_decoding():
         assert admission.fits(Work(0.5, 2.0), now + 3.7)
         assert not admission.fits(Work(0.5, 2.0), now + 3.2)
     assert admission.backlog_s() == 0.0 and admission.pending == 0
+
+
+async def test_explain_counts_the_rerank_prompt_as_cached_even_with_items_appended():
+    engine = ScriptedEngine()
+    core = make_core(engine)
+    items = [Candidate(str(i), f"Film {i}", "a long plot " * 12, ["Sci-Fi"]) for i in range(8)]
+    await core.rerank(ctx(items[:5]), [5, 4, 3, 2, 1])  # lettered 5 (e.g. a near deadline)
+    explain_context = ctx(items)  # the router appends final items the rerank did not letter
+    prompts = [
+        __import__("deployments.reranker.prompts", fromlist=["x"]).build_explain_prompt(
+            explain_context, t, item_text_chars=160
+        )
+        for t in (0, 6)
+    ]
+    total = sum(engine.count_tokens(m) for m in prompts)
+    new = core._explain_new_tokens(explain_context, 160, prompts)
+    assert new < 0.6 * total  # the rerank prompt's part of each is counted as cached
+    other_user = ctx(items, history=["Heat (1995)"], cats=[["Crime"]])
+    assert core._explain_new_tokens(other_user, 160, prompts) == total

@@ -45,7 +45,7 @@ def context(n: int, query: str | None = "space horror") -> PromptContext:
     return PromptContext(HISTORY, HISTORY_CATS, query, make_candidates(n))
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def reranker():
     from retrieval.models import prepare_llm
 

@@ -378,13 +378,10 @@ class RerankerCore:
         The first user's prompts are cold, the second's share only the fixed
         instructions with them: what every request can count on being cached.
         """
-        # The engine's first forward pass, and its first constrained generation (the
-        # grammar is compiled then), are several times slower than any later one.
+        # The engine's very first forward pass is several times slower than any later one.
         await self._call(
             self.engine.score(build_rerank_prompt(_WARM_UP[1], item_text_chars=0)), None
         )
-        first_reason = build_explain_prompt(_WARM_UP[1], 0, item_text_chars=0)
-        await self._call(self.engine.generate([first_reason], self.config.explain_min_tokens), None)
         first = await self.rerank(_WARM_UP[0], _WARM_UP_SCORES)
         explained = await self.explain(
             _WARM_UP[0], [i for i, _ in first.order[:3]], item_text_chars=first.item_text_chars

@@ -265,13 +265,21 @@ class RerankerCore:
             return [self._template(context, t, "nothing_to_name") for t in targets]
         chars = self.config.item_text_chars if item_text_chars is None else item_text_chars
         prompts = {t: build_explain_prompt(context, t, item_text_chars=chars) for t in targets}
+        lengths = {
+            t: self.engine.count_tokens(m) for t, m in prompts.items()
+        }  # once, not per round
         done: dict[int, Explanation] = {}
         failed: dict[int, str] = dict.fromkeys(targets, "no_time")
         todo, attempt = list(targets), 0
         while todo and attempt < self.config.explain_attempts:
             try:
                 texts = await self._generate(
-                    context, chars, [prompts[t] for t in todo], deadline, attempt
+                    context,
+                    chars,
+                    [prompts[t] for t in todo],
+                    [lengths[t] for t in todo],
+                    deadline,
+                    attempt,
                 )
             except DeadlineExceeded:
                 running_late = deadline is None or time.time() >= deadline
@@ -302,11 +310,12 @@ class RerankerCore:
         context: PromptContext,
         chars: int,
         prompts: list[list[dict[str, str]]],
+        lengths: list[int],
         deadline: float | None,
         attempt: int,
     ) -> list[str]:
         """One round of explanations: greedy first, sampled (seeded by round) on later rounds."""
-        new_tokens = self._explain_new_tokens(context, chars, prompts)
+        new_tokens = self._explain_new_tokens(context, chars, lengths)
         max_tokens = self._explain_tokens(new_tokens, deadline)
         with self.admission.admit(self.cost.work(new_tokens, max_tokens), deadline):
             started = time.perf_counter()
@@ -333,17 +342,18 @@ class RerankerCore:
         return [o.text for o in outs]
 
     def _explain_new_tokens(
-        self, context: PromptContext, chars: int, prompts: list[list[dict[str, str]]]
+        self, context: PromptContext, chars: int, lengths: Sequence[int]
     ) -> int:
-        """Prompt tokens the engine will compute: what the prefix cache cannot serve."""
+        """Of prompts of `lengths` tokens, those the engine will compute: what the prefix cache
+        cannot serve."""
         shared = self._always_cached
         scored = self._scored.get(_user_key(context, chars))
         if scored is not None and _candidate_ids(context)[: len(scored[0])] == scored[0]:
             # The explain prompts start with that rerank prompt, all but its task line.
             shared = max(scored[1] - _TASK_TOKENS, self._always_cached)
-        total = sum(self.engine.count_tokens(m) for m in prompts)
         # A prefix is cached in whole blocks; each prompt recomputes up to one more.
-        return max(total - len(prompts) * max(shared - self.config.block_size, 0), len(prompts))
+        cached = len(lengths) * max(shared - self.config.block_size, 0)
+        return max(sum(lengths) - cached, len(lengths))
 
     def _explain_tokens(self, new_tokens: int, deadline: float | None) -> int:
         """Tokens per explanation that fit before `deadline` behind the work in flight."""

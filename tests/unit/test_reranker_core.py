@@ -307,8 +307,9 @@ async def test_explain_counts_the_rerank_prompt_as_cached_even_with_items_append
         )
         for t in (0, 6)
     ]
-    total = sum(engine.count_tokens(m) for m in prompts)
-    new = core._explain_new_tokens(explain_context, 160, prompts)
+    lengths = [engine.count_tokens(m) for m in prompts]
+    total = sum(lengths)
+    new = core._explain_new_tokens(explain_context, 160, lengths)
     assert new < 0.6 * total  # the rerank prompt's part of each is counted as cached
     other_user = ctx(items, history=["Heat (1995)"], cats=[["Crime"]])
-    assert core._explain_new_tokens(other_user, 160, prompts) == total
+    assert core._explain_new_tokens(other_user, 160, lengths) == total

@@ -184,7 +184,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(
             f"  LLM: {llm.get('dtype')} ({llm.get('dtype_reason')}), threads on cores "
             f"{llm.get('cpu_threads_bind', '-')}; {cost.get('prefill_ms_per_token')} ms/prompt "
-            f"token, {cost.get('decode_ms_per_step')} ms/decode step; explain prefix-cache hit "
+            f"token, {cost.get('decode_ms_per_step')} ms/decode step + "
+            f"{cost.get('decode_ms_per_step_and_sequence')} per sequence; explain prefix-cache hit "
             f"{llm.get('explain', {}).get('prefix_cache_hit_rate', 0):.0%}"
         )
     return 0 if code == 200 else 1

@@ -65,6 +65,7 @@ class ScriptedEngine:
         self.prompts: list[list[dict[str, str]]] = []
         self.batches: list[int] = []
         self.max_tokens: list[int] = []
+        self.steered: list = []  # the `steer` argument of each generate call
         self.in_flight = 0
         self.aborted = 0
         self.closed = False
@@ -90,8 +91,9 @@ class ScriptedEngine:
         tokens = self.count_tokens(messages)
         return EngineOutput(logprobs=dict(self.logprobs), prompt_tokens=tokens, output_tokens=1)
 
-    async def generate(self, batch, max_tokens, temperature=0.0, seed=None):
+    async def generate(self, batch, max_tokens, temperature=0.0, seed=None, steer=None):
         self.batches.append(len(batch))
+        self.steered.append(steer)
         self.max_tokens.append(max_tokens)
         cost = max_tokens * self.seconds_per_step
         await asyncio.gather(

@@ -10,7 +10,7 @@ behind what is already running, would end after the caller's deadline.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -38,14 +38,19 @@ class Work:
 class EngineCost:
     """Exponentially weighted estimates of the engine's costs, in seconds.
 
-    The starting values are deliberately slow (a small model on one CPU
-    core); the warm-up replaces them with measurements before any request.
+    A decode step of a batch of `width` sequences costs `step_s + width *
+    seq_step_s`: a fixed part (reading the weights, scheduling) and a part
+    that grows with the batch. The starting values are deliberately slow (a
+    small model on one CPU core); the warm-up replaces them with measurements
+    before any request (`calibrate_steps` at two widths).
     """
 
     prefill_s: float = 0.004
     """Per prompt token that is not served from the prefix cache."""
-    step_s: float = 0.08
-    """Per decode step of a batch (every sequence of the batch gains one token)."""
+    step_s: float = 0.05
+    """Per decode step, whatever the batch width."""
+    seq_step_s: float = 0.01
+    """Per decode step and sequence of the batch."""
     call_s: float = 0.03
     """Fixed cost of one engine call (scheduling, sampling, detokenising)."""
     smoothing: float = 0.3
@@ -53,13 +58,19 @@ class EngineCost:
     observed: set[str] = field(default_factory=set)
     """Which estimates have been measured at least once."""
 
-    def predict(self, new_tokens: int, steps: int = 1) -> float:
-        """Seconds for a call that computes `new_tokens` prompt tokens and `steps` decode steps."""
-        return self.work(new_tokens, steps).seconds
+    def step_cost(self, width: int = 1) -> float:
+        """Seconds of one decode step of a batch of `width` sequences."""
+        return self.step_s + max(width, 1) * self.seq_step_s
 
-    def work(self, new_tokens: int, steps: int = 1) -> Work:
+    def predict(self, new_tokens: int, steps: int = 1, width: int = 1) -> float:
+        """Seconds for a call that computes `new_tokens` prompt tokens, then `steps` decode
+        steps of `width` sequences."""
+        return self.work(new_tokens, steps, width).seconds
+
+    def work(self, new_tokens: int, steps: int = 1, width: int = 1) -> Work:
         """`predict`, split into the prompt part and the decode part."""
-        return Work(self.call_s + new_tokens * self.prefill_s, max(steps - 1, 0) * self.step_s)
+        decode = max(steps - 1, 0) * self.step_cost(width)
+        return Work(self.call_s + new_tokens * self.prefill_s, decode)
 
     def _mix(self, name: str, new: float) -> None:
         old = getattr(self, name)
@@ -78,16 +89,47 @@ class EngineCost:
         else:
             self._mix("call_s", max(seconds - new_tokens * self.prefill_s, 0.0))
 
-    def observe_generate(self, new_tokens: int, steps: int, seconds: float) -> None:
-        """A batch that computed `new_tokens` prompt tokens and ran `steps` decode steps."""
-        if steps > 1:
-            decode = max(seconds - self.call_s - new_tokens * self.prefill_s, 0.0)
-            self._mix("step_s", decode / (steps - 1))
+    def decode_step_of(self, new_tokens: int, steps: int, seconds: float) -> float | None:
+        """Seconds per decode step of a call, its prompt part taken out (`None`: one step)."""
+        if steps <= 1:
+            return None
+        return max(seconds - self.call_s - new_tokens * self.prefill_s, 0.0) / (steps - 1)
+
+    def calibrate_steps(self, samples: Sequence[tuple[int, float]]) -> None:
+        """Set the step costs from `(width, seconds per step)` at two widths or more
+        (a least-squares line, neither part below zero)."""
+        widths = {w for w, _ in samples}
+        if len(widths) < 2:
+            raise ValueError("calibrate_steps needs samples at two widths or more")
+        n = len(samples)
+        mean_w = sum(w for w, _ in samples) / n
+        mean_s = sum(s for _, s in samples) / n
+        spread = sum((w - mean_w) ** 2 for w, _ in samples)
+        slope = max(sum((w - mean_w) * (s - mean_s) for w, s in samples) / spread, 0.0)
+        self.seq_step_s = slope
+        self.step_s = max(mean_s - slope * mean_w, 0.0)
+        self.observed.add("step")
+
+    def observe_generate(self, new_tokens: int, steps: int, seconds: float, width: int = 1) -> None:
+        """A batch of `width` sequences that computed `new_tokens` prompt tokens and ran
+        `steps` decode steps: both step costs move by the same factor toward it."""
+        step = self.decode_step_of(new_tokens, steps, seconds)
+        if step is None:
+            return
+        if "step" not in self.observed:
+            self.step_s, self.seq_step_s = step, 0.0
+            self.observed.add("step")
+            return
+        ratio = step / max(self.step_cost(width), 1e-9)
+        factor = (1.0 - self.smoothing) + self.smoothing * ratio
+        self.step_s *= factor
+        self.seq_step_s *= factor
 
     def as_json(self) -> dict[str, float]:
         return {
             "prefill_ms_per_token": round(self.prefill_s * 1000, 3),
             "decode_ms_per_step": round(self.step_s * 1000, 2),
+            "decode_ms_per_step_and_sequence": round(self.seq_step_s * 1000, 2),
             "call_ms": round(self.call_s * 1000, 2),
         }
 

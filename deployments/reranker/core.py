@@ -29,11 +29,14 @@ from deployments.reranker.prompts import (
     LETTERS,
     Candidate,
     PromptContext,
+    Steer,
     blend,
     build_explain_prompt,
     build_rerank_prompt,
     explanation_from,
     letter_scores,
+    prompt_vocabulary,
+    steer_for,
     template_reason,
 )
 from retrieval.models import resolve_llm
@@ -51,6 +54,9 @@ _TEXT_SHARES = (1.0, 0.25, 0.0)
 _RECENT_CONTEXTS = 256
 _TASK_TOKENS = 40
 """About the tokens of a prompt's task line and prefill, which rerank and explain do not share."""
+_CALIBRATION_WIDTH = 10
+"""The widest explain batch the warm-up measures: the router's default `explain_top`."""
+_CALIBRATION_STEPS = 16
 _RETRY_TEMPERATURE = 0.7
 """Later explanation rounds sample, so a reason that failed its checks is not written again."""
 _T = TypeVar("_T")
@@ -245,7 +251,8 @@ class RerankerCore:
         All prompts go to the engine as one batch; they start with the rerank
         prompt of the same context and `item_text_chars` (default
         `config.item_text_chars`), so a rerank just before leaves their shared
-        part in the prefix cache. Each gets as many tokens as the time to
+        part in the prefix cache; the target's own line repeats its text at
+        the full `config.item_text_chars`. Each gets as many tokens as the time to
         `deadline` allows, at most `config.explain_max_tokens`; when fewer than
         `config.explain_min_tokens` fit, the best-ranked half of the items is
         tried (the others get template reasons, check `no_time`), down to one;
@@ -264,10 +271,17 @@ class RerankerCore:
         if not context.history_titles and not (context.query and context.query.strip()):
             return [self._template(context, t, "nothing_to_name") for t in targets]
         chars = self.config.item_text_chars if item_text_chars is None else item_text_chars
-        prompts = {t: build_explain_prompt(context, t, item_text_chars=chars) for t in targets}
+        prompts = {
+            t: build_explain_prompt(
+                context, t, item_text_chars=chars, target_text_chars=self.config.item_text_chars
+            )
+            for t in targets
+        }
         lengths = {
             t: self.engine.count_tokens(m) for t, m in prompts.items()
         }  # once, not per round
+        vocabulary = prompt_vocabulary(context)
+        steer = {t: steer_for(context.candidates[t], vocabulary) for t in targets}
         done: dict[int, Explanation] = {}
         failed: dict[int, str] = dict.fromkeys(targets, "no_time")
         todo, attempt = list(targets), 0
@@ -278,6 +292,7 @@ class RerankerCore:
                     chars,
                     [prompts[t] for t in todo],
                     [lengths[t] for t in todo],
+                    [steer[t] for t in todo],
                     deadline,
                     attempt,
                 )
@@ -301,6 +316,12 @@ class RerankerCore:
                     done[t] = Explanation(sentence, "llm", "ok")
                 else:
                     failed[t] = check
+                    log.debug(
+                        "reason for item %s failed %s: %r",
+                        context.candidates[t].item_id,
+                        check,
+                        text,
+                    )
             todo = [t for t in todo if t not in done]
             attempt += 1
         return [done.get(t) or self._template(context, t, failed[t]) for t in targets]
@@ -311,13 +332,15 @@ class RerankerCore:
         chars: int,
         prompts: list[list[dict[str, str]]],
         lengths: list[int],
+        steer: list[Steer],
         deadline: float | None,
         attempt: int,
     ) -> list[str]:
         """One round of explanations: greedy first, sampled (seeded by round) on later rounds."""
         new_tokens = self._explain_new_tokens(context, chars, lengths)
-        max_tokens = self._explain_tokens(new_tokens, deadline)
-        with self.admission.admit(self.cost.work(new_tokens, max_tokens), deadline):
+        width = len(prompts)
+        max_tokens = self._explain_tokens(new_tokens, deadline, width)
+        with self.admission.admit(self.cost.work(new_tokens, max_tokens, width), deadline):
             started = time.perf_counter()
             try:
                 outs = await self._call(
@@ -326,6 +349,7 @@ class RerankerCore:
                         max_tokens,
                         temperature=_RETRY_TEMPERATURE if attempt else 0.0,
                         seed=attempt or None,
+                        steer=steer,
                     ),
                     deadline,
                 )
@@ -336,7 +360,7 @@ class RerankerCore:
         seconds = time.perf_counter() - started
         computed = sum(o.prompt_tokens - o.cached_tokens for o in outs)
         steps = max((o.output_tokens for o in outs), default=0)
-        self.cost.observe_generate(computed, steps, seconds)
+        self.cost.observe_generate(computed, steps, seconds, width)
         for o in outs:
             self.stats.explain.add(o.prompt_tokens, o.cached_tokens)
         return [o.text for o in outs]
@@ -355,22 +379,24 @@ class RerankerCore:
         cached = len(lengths) * max(shared - self.config.block_size, 0)
         return max(sum(lengths) - cached, len(lengths))
 
-    def _explain_tokens(self, new_tokens: int, deadline: float | None) -> int:
-        """Tokens per explanation that fit before `deadline` behind the work in flight."""
+    def _explain_tokens(self, new_tokens: int, deadline: float | None, width: int) -> int:
+        """Tokens per explanation of a batch of `width` that fit before `deadline` behind the
+        work in flight."""
         most = self.config.explain_max_tokens
         if deadline is None:
             return most
         left = deadline - time.time() - self.admission.backlog_s()
-        fit = int((left - self.cost.predict(new_tokens)) / max(self.cost.step_s, 1e-6)) + 1
+        step = max(self.cost.step_cost(width), 1e-6)
+        fit = int((left - self.cost.predict(new_tokens)) / step) + 1
         if fit < self.config.explain_min_tokens:
-            need = self.cost.predict(new_tokens, self.config.explain_min_tokens)
+            need = self.cost.predict(new_tokens, self.config.explain_min_tokens, width)
             raise DeadlineExceeded(f"explanations need ~{need:.2f} s, {max(left, 0.0):.2f} s left")
         return min(fit, most)
 
     def _explain_estimate(self, n: int) -> Work:
         """Explaining `n` items at the fewest tokens, their shared prefix cached."""
         tail = 48 + self.config.block_size  # task line + prefill, plus a partly cached block
-        return self.cost.work(n * tail, self.config.explain_min_tokens)
+        return self.cost.work(n * tail, self.config.explain_min_tokens, n)
 
     @staticmethod
     def _template(context: PromptContext, target: int, check: str) -> Explanation:
@@ -387,12 +413,14 @@ class RerankerCore:
 
         The first user's prompts are cold, the second's share only the fixed
         instructions with them: what every request can count on being cached.
+        Between them, decode steps are timed at two batch widths.
         """
         # The engine's very first forward pass is several times slower than any later one.
         await self._call(
             self.engine.score(build_rerank_prompt(_WARM_UP[1], item_text_chars=0)), None
         )
         first = await self.rerank(_WARM_UP[0], _WARM_UP_SCORES)
+        await self._calibrate_decode(first.item_text_chars)
         explained = await self.explain(
             _WARM_UP[0], [i for i, _ in first.order[:3]], item_text_chars=first.item_text_chars
         )
@@ -407,6 +435,37 @@ class RerankerCore:
         }
         log.info("reranker warmed up: %s", report)
         return report
+
+    async def _calibrate_decode(self, item_text_chars: int) -> None:
+        """Measure a decode step alone and `_CALIBRATION_WIDTH` wide (`EngineCost.calibrate_steps`).
+
+        One unmeasured generation goes first: the engine compiles the
+        structured-output grammar on its first constrained request, which
+        would count as decoding time otherwise.
+        """
+        context = _WARM_UP[0]
+        prompts = [
+            build_explain_prompt(
+                context,
+                t,
+                item_text_chars=item_text_chars,
+                target_text_chars=self.config.item_text_chars,
+            )
+            for t in range(len(context.candidates))
+        ]
+        await self._call(self.engine.generate(prompts[:1], 4), None)
+        samples = []
+        for width in (1, _CALIBRATION_WIDTH):
+            started = time.perf_counter()
+            outs = await self._call(self.engine.generate(prompts[:width], _CALIBRATION_STEPS), None)
+            seconds = time.perf_counter() - started
+            computed = sum(o.prompt_tokens - o.cached_tokens for o in outs)
+            steps = max(o.output_tokens for o in outs)
+            step = self.cost.decode_step_of(computed, steps, seconds)
+            if step is not None:
+                samples.append((width, step))
+        if len(samples) == 2:
+            self.cost.calibrate_steps(samples)
 
     async def check_health(self) -> None:
         """Fails until `warm_up` has run, or when the engine cannot score a prompt."""

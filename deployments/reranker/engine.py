@@ -12,11 +12,12 @@ import asyncio
 import logging
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from deployments.config import RerankerConfig
-from deployments.reranker.prompts import LETTERS
+from deployments.reranker.prompts import LETTERS, Steer, stem
 from retrieval.hardware import cpu_flags, select_llm_dtype, usable_cores, vllm_cpu_bind
 
 __all__ = [
@@ -31,6 +32,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _TOP_LOGPROBS = 20
+_PREFER_BIAS = 2.0
+_FREQUENCY_PENALTY = 0.5
+"""Generation only: each repeat of an output token costs this much logit, so a small model
+does not loop ("a sports drama about a sports drama about ..."); prompt tokens are not
+penalised (unlike vLLM's `repetition_penalty`), so the item's own words stay cheap."""
 PLAIN_SENTENCE = r"[^\"“”<>\n]{3,300}[.!?]"
 """What `VllmEngine.generate` may produce: one sentence without quotes, markup or newlines."""
 
@@ -69,10 +75,13 @@ class RerankEngine(Protocol):
     length in tokens. `score(messages)` returns next-token log-probabilities
     keyed by the decoded token string (for example `" A"`): at least the 20
     most likely tokens, or the single-letter tokens. `generate(batch,
-    max_tokens, temperature, seed)` runs every prompt of `batch` together
-    (they share the engine's batch and prefix cache) and returns, in order,
-    continuations of at most `max_tokens` tokens, cut at the first newline:
-    greedy at temperature 0, else sampled (reproducibly for a given `seed`).
+    max_tokens, temperature, seed, steer)` runs every prompt of `batch`
+    together (they share the engine's batch and prefix cache) and returns, in
+    order, continuations of at most `max_tokens` tokens, cut at the first
+    newline: greedy at temperature 0, else sampled (reproducibly for a given
+    `seed`); `steer[i]`, when given, names words the continuation of prompt
+    `i` must not use (`avoid`, nor any word of the same `stem`) and words it
+    is nudged toward (`prefer`).
     Cancelling either call aborts its requests in the engine; `running()` is
     how many requests the engine holds. Failures raise `PromptTooLong` when
     messages do not fit the context and `EngineFailed` otherwise.
@@ -90,6 +99,7 @@ class RerankEngine(Protocol):
         max_tokens: int,
         temperature: float = 0.0,
         seed: int | None = None,
+        steer: Sequence[Steer] | None = None,
     ) -> list[EngineOutput]: ...
 
     def running(self) -> int: ...
@@ -111,7 +121,12 @@ class VllmEngine:
     reuse the KV blocks of its rerank prompt. Scoring returns the logprobs of
     exactly the single-letter tokens (bare and with a leading space), so no
     candidate letter is missing. Generation is constrained (vLLM structured
-    outputs, regex `PLAIN_SENTENCE`) to one sentence of plain text.
+    outputs, regex `PLAIN_SENTENCE`) to one sentence of plain text, steered
+    by logit biases: -100 (never sampled) on the tokens that could start an
+    avoided word (`_avoided_ids`), so "romantic" goes with "romance", and
+    on the first token of each preferred word (lower case and capitalised,
+    after a space)
+    `_PREFER_BIAS`.
     """
 
     def __init__(self, config: RerankerConfig, model: str) -> None:
@@ -157,6 +172,8 @@ class VllmEngine:
         self._llm: Any = AsyncLLM.from_engine_args(args)
         self._tokenizer = self._llm.get_tokenizer()
         self._letter_ids = self._single_letter_ids()
+        self._vocab: list[tuple[int, str]] | None = None
+        self._avoid_ids: dict[str, list[int]] = {}
         # vLLM takes either top-k logprobs or the logprobs of named tokens, not both;
         # the named letter tokens give every candidate an exact score.
         self._score_params = SamplingParams(
@@ -176,6 +193,34 @@ class VllmEngine:
                 if len(encoded) == 1:
                     ids.add(encoded[0])
         return sorted(ids)
+
+    def _avoided_ids(self, word: str) -> list[int]:
+        """The tokens that could start `word` or another word of its `stem`.
+
+        Every token whose text (lower case, leading space dropped) starts with
+        the stem, and the first token of the word itself (after a space, lower
+        case or capitalised) when it has three letters or more: " thriller" is
+        " thr" + "iller", so " thr" goes too (common words that start the
+        same, like " three", are tokens of their own).
+        """
+        if word not in self._avoid_ids:
+            if self._vocab is None:  # leading space: "Ġ" (byte BPE), "▁" (SentencePiece)
+                self._vocab = [
+                    (i, t.replace("Ġ", " ").replace("▁", " ").lstrip().lower())
+                    for t, i in self._tokenizer.get_vocab().items()
+                ]
+            root = stem(word)
+            ids = {i for i, text in self._vocab if text.startswith(root)}
+            for first in self._first_ids(word):  # the first piece of a multi-token word
+                if len(self._tokenizer.decode([first]).strip()) >= 3:
+                    ids.add(first)
+            self._avoid_ids[word] = sorted(ids)
+        return self._avoid_ids[word]
+
+    def _first_ids(self, word: str) -> set[int]:
+        """The first token of `word` after a space, lower case and capitalised."""
+        forms = (f" {word}", f" {word.capitalize()}")
+        return {self._tokenizer.encode(f, add_special_tokens=False)[0] for f in forms}
 
     def _token_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """The chat template applied here (prefill-aware), tokenised."""
@@ -247,20 +292,31 @@ class VllmEngine:
         max_tokens: int,
         temperature: float = 0.0,
         seed: int | None = None,
+        steer: Sequence[Steer] | None = None,
     ) -> list[EngineOutput]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        params = SamplingParams(
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed,
-            stop=["\n"],
-            structured_outputs=StructuredOutputsParams(regex=PLAIN_SENTENCE),
-            output_kind=RequestOutputKind.FINAL_ONLY,
-        )
+        def params(how: Steer) -> Any:
+            bias = {i: _PREFER_BIAS for w in how.prefer for i in self._first_ids(w)}
+            bias.update({i: -100.0 for w in how.avoid for i in self._avoided_ids(w)})
+            return SamplingParams(
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+                stop=["\n"],
+                frequency_penalty=_FREQUENCY_PENALTY,
+                structured_outputs=StructuredOutputsParams(regex=PLAIN_SENTENCE),
+                logit_bias=bias or None,
+                output_kind=RequestOutputKind.FINAL_ONLY,
+            )
+
+        hows = list(steer) if steer is not None else [Steer()] * len(batch)
+        if len(hows) != len(batch):
+            raise ValueError("steer needs one Steer per prompt")
+        requests = [self._final(m, params(h)) for m, h in zip(batch, hows, strict=True)]
         # gather cancels every request of the batch when the caller is cancelled.
-        return list(await asyncio.gather(*(self._final(m, params) for m in batch)))
+        return list(await asyncio.gather(*requests))
 
     def running(self) -> int:
         if self._llm is None:

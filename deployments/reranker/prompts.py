@@ -32,11 +32,14 @@ __all__ = [
     "blend",
     "build_explain_prompt",
     "build_rerank_prompt",
+    "Steer",
     "check_reason",
     "display_title",
     "explanation_from",
     "letter_scores",
     "prompt_vocabulary",
+    "stem",
+    "steer_for",
     "template_reason",
     "validate_explanation",
 ]
@@ -269,13 +272,20 @@ def _anchor(
 
 
 def build_explain_prompt(
-    context: PromptContext, target: int, *, item_text_chars: int
+    context: PromptContext,
+    target: int,
+    *,
+    item_text_chars: int,
+    target_text_chars: int | None = None,
 ) -> list[dict[str, str]]:
     """Chat messages asking for one short sentence on why the user may like candidate `target`.
 
     The user message starts with exactly the history and lettered candidates of
-    `build_rerank_prompt(context)`, then names the target by letter and repeats
-    its line (a small model copies what stands next to the question).
+    `build_rerank_prompt(context, item_text_chars=item_text_chars)`, then names
+    the target by letter and repeats its line, with its text cut to
+    `target_text_chars` (default `item_text_chars`) instead: a small model
+    copies what stands next to the question, and a text the rerank prompt had
+    to cut short would be copied with its cut.
     The last message is an assistant prefill that already names one of the
     user's history titles (preferably one sharing categories with the item) or
     their query, e.g. `Since you enjoyed "Alien", you may like "Aliens" because`;
@@ -286,7 +296,8 @@ def build_explain_prompt(
     item = context.candidates[target]
     title = display_title(item.title)
     lines = _context_lines(context, item_text_chars)
-    body = _item_body(item, item_text_chars)
+    chars = item_text_chars if target_text_chars is None else target_text_chars
+    body = _item_body(item, chars)
     letter = LETTERS[target]
     task = "Task: in one short sentence, say why the user may like"
     lines.append(f"{task} {letter}: <item>{body}</item>")
@@ -377,7 +388,7 @@ def validate_explanation(
     return sentence if named_title or named_query else None
 
 
-def _stem(word: str) -> str:
+def stem(word: str) -> str:
     """A crude stem: the first five letters ("historical" and "history" meet at "histo")."""
     return word[:_STEM_CHARS]
 
@@ -385,8 +396,8 @@ def _stem(word: str) -> str:
 def _phrase_in(phrase: str, words: Sequence[str]) -> bool:
     """Whether the words of `phrase` stand in `words` in a row, stem by stem ("Sci-Fi" matches
     "sci fi", "Romance" matches "romantic")."""
-    target = [_stem(w) for w in _words(phrase)]
-    stems = [_stem(w) for w in words]
+    target = [stem(w) for w in _words(phrase)]
+    stems = [stem(w) for w in words]
     n = len(target)
     return n > 0 and any(stems[i : i + n] == target for i in range(len(stems) - n + 1))
 
@@ -415,10 +426,47 @@ def check_reason(reason: str, item: Candidate, vocabulary: Iterable[str] = ()) -
         if named and not _phrase_in(category, own_words):
             return "contradicts_catalog"
     names_category = any(_phrase_in(c, words) for c in item.categories)
-    own_stems = {_stem(w) for w in _distinctive(own_words)}
-    if not names_category and not (own_stems & {_stem(w) for w in _distinctive(words)}):
+    own_stems = {stem(w) for w in _distinctive(own_words)}
+    if not names_category and not (own_stems & {stem(w) for w in _distinctive(words)}):
         return "not_about_item"
     return "ok"
+
+
+@dataclass(frozen=True)
+class Steer:
+    """Words (lower case) a generated reason must not use (`avoid`) and is nudged to (`prefer`)."""
+
+    avoid: tuple[str, ...] = ()
+    prefer: tuple[str, ...] = ()
+
+
+def _first_word(category: str) -> str | None:
+    return next((w for w in _words(category) if len(w) >= 3 and w.isalpha()), None)
+
+
+def steer_for(item: Candidate, vocabulary: Iterable[str]) -> Steer:
+    """How to steer the generation of a reason for `item`, toward what `check_reason` accepts.
+
+    `avoid`: for each category of `vocabulary` that `item` lacks and its title
+    or text does not use, the category's first word of three or more letters
+    (`"Sci-Fi"` gives `"sci"`), unless its `stem` is that of one of the item's
+    own words (categories, title, text), which the reason may rightly use:
+    the words on which the check would find `"contradicts_catalog"`.
+    `prefer`: the first words of the item's own categories. The engine only
+    steers; the check still runs on what comes out.
+    """
+    own_words = _words(f"{item.title} {item.text} {' '.join(item.categories)}")
+    own_stems = {stem(w) for w in own_words}
+    own = {c.lower() for c in item.categories}
+    avoid: set[str] = set()
+    for category in vocabulary:
+        if category.lower() in own or _phrase_in(category, own_words):
+            continue
+        first = _first_word(category)
+        if first is not None and stem(first) not in own_stems:
+            avoid.add(first)
+    prefer = {w for w in map(_first_word, item.categories) if w is not None}
+    return Steer(tuple(sorted(avoid)), tuple(sorted(prefer)))
 
 
 def prompt_vocabulary(context: PromptContext) -> set[str]:
@@ -426,6 +474,25 @@ def prompt_vocabulary(context: PromptContext) -> set[str]:
     shown = {c for item in context.candidates for c in item.categories}
     shown.update(c for cats in context.history_categories for c in cats)
     return {c for c in shown if c.strip()}
+
+
+def _closed(generated: str) -> str:
+    """A continuation cut short by its token budget, closed at its last whole word with "…".
+
+    Its last word may be cut ("mind-b"), so it goes, and so do the small words
+    left dangling before it ("… a diamond from a" reads "… a diamond…").
+    Text that ends a sentence is returned as it is.
+    """
+    line = generated.split("\n", 1)[0].rstrip()
+    if not line or line[-1] in ".!?…":
+        return generated
+    words = line.split()[:-1]
+    while words and words[-1].lower().strip(",;:-") in _STOPWORDS:
+        words.pop()
+    if not words:
+        return generated
+    lead = " " if line[:1].isspace() else ""
+    return lead + " ".join(words).rstrip(",;:-—") + "…"
 
 
 def explanation_from(
@@ -436,13 +503,15 @@ def explanation_from(
 ) -> tuple[str | None, str]:
     """`(explanation, "ok")` from an explain prompt's prefill plus the model's continuation.
 
-    The continuation alone must pass `check_reason` against the prompt's
+    A continuation cut by its token budget is closed first (`_closed`). The
+    continuation alone must pass `check_reason` against the prompt's
     categories, and the joined sentence `validate_explanation` (it names the
     history or query, and quoted spans are real titles or the query).
     Otherwise `(None, why)`, with the reason from `check_reason` or
     `"invented_title"`.
     """
     prefill = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
+    generated = _closed(generated)
     verdict = check_reason(generated, item, prompt_vocabulary(context))
     if verdict != "ok":
         return None, verdict

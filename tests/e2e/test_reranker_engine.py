@@ -17,7 +17,13 @@ from deployments.config import RerankerConfig
 from deployments.errors import DeadlineExceeded
 from deployments.reranker.core import RerankerCore
 from deployments.reranker.engine import VllmEngine
-from deployments.reranker.prompts import LETTERS, Candidate, PromptContext, build_rerank_prompt
+from deployments.reranker.prompts import (
+    LETTERS,
+    Candidate,
+    PromptContext,
+    Steer,
+    build_rerank_prompt,
+)
 from retrieval.hardware import cpu_flags, select_llm_dtype
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
@@ -95,6 +101,23 @@ async def test_explanations_reuse_the_rerank_prompt_from_the_prefix_cache(rerank
     assert len(out) == 4
     for e in out:
         assert e.text.strip() and len(e.text) <= 200 and e.source in ("llm", "template")
+
+
+async def test_steered_generation_never_uses_an_avoided_word_or_its_stem(reranker):
+    prompt = [
+        {"role": "user", "content": "Describe the film Alien (1979) in one sentence."},
+        {"role": "assistant", "content": "Alien is a"},
+    ]
+    stems = ("sci", "horro", "thril")  # what `stem` keeps of the avoided words
+
+    def stemmed(text: str) -> list[str]:
+        return [w for w in text.lower().replace("-", " ").split() if w.startswith(stems)]
+
+    (free,) = await reranker.engine.generate([prompt], max_tokens=24)
+    assert stemmed(free.text), free.text  # left alone, the model says "science fiction"
+    steer = Steer(avoid=("sci", "horror", "thriller"))
+    (steered,) = await reranker.engine.generate([prompt], max_tokens=24, steer=[steer])
+    assert steered.text.strip() and not stemmed(steered.text), steered.text
 
 
 async def test_a_cancelled_request_is_aborted_in_the_engine(reranker):

@@ -10,6 +10,7 @@ from deployments.reranker.prompts import (
     LETTERS,
     Candidate,
     PromptContext,
+    Steer,
     blend,
     build_explain_prompt,
     build_rerank_prompt,
@@ -18,6 +19,7 @@ from deployments.reranker.prompts import (
     explanation_from,
     letter_scores,
     prompt_vocabulary,
+    steer_for,
     template_reason,
     validate_explanation,
 )
@@ -222,6 +224,11 @@ def test_explanation_from_joins_prefill_and_checks_the_generated_part():
     assert explanation_from(messages, ' the marines echo "Dune" lore.', context, item)[1] == (
         "invented_title"
     )
+    # Cut by its token budget: closed at the last whole word, dangling small words dropped.
+    cut = explanation_from(
+        messages, " it is a sci-fi fight on a colony from a mind-b", context, item
+    )
+    assert cut == (f"{prefill} it is a sci-fi fight on a colony…", "ok")
 
 
 def test_check_reason_needs_a_true_fact_of_the_item_and_no_false_category():
@@ -248,6 +255,22 @@ def test_check_reason_needs_a_true_fact_of_the_item_and_no_false_category():
     # Stems meet: "historical" is about a History item, "romantic" about a Romance.
     history = Candidate("3", "The Forgotten Empire", "An epic about a soldier.", ["History"])
     assert check_reason(" it is a historical epic of war.", history, vocabulary) == "ok"
+
+
+def test_steer_avoids_the_categories_the_check_would_call_contradictions():
+    vocabulary = {"Western", "Sci-Fi", "Horror", "Drama", "Romance", "Thriller"}
+    western = Candidate("1", "Copper Rider II", "A family drama of a cowboy.", ["Western"])
+    steer = steer_for(western, vocabulary)
+    # Its own category and a category its text uses ("drama") stay allowed.
+    assert steer == Steer(avoid=("horror", "romance", "sci", "thriller"), prefer=("western",))
+    for category in ("Horror", "Romance", "Sci-Fi", "Thriller"):  # what each avoided word opens
+        assert check_reason(f" it is a {category} about a cowboy.", western, vocabulary) == (
+            "contradicts_catalog"
+        )
+    # A stem the item's own words share is not avoided: "thrilling" is in its text.
+    thrilling = Candidate("2", "Range", "A thrilling ride.", ["Western", "Sci-Fi"])
+    assert steer_for(thrilling, vocabulary).avoid == ("drama", "horror", "romance")
+    assert steer_for(thrilling, vocabulary).prefer == ("sci", "western")
 
 
 def test_prompt_vocabulary_is_every_category_the_prompt_shows():

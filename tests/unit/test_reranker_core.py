@@ -10,10 +10,10 @@ import pytest
 
 from deployments.config import RerankerConfig
 from deployments.errors import BackendFailed, DeadlineExceeded, QueueFull
-from deployments.reranker.budget import Admission, Work
+from deployments.reranker.budget import Admission, EngineCost, Work
 from deployments.reranker.core import RerankerCore, RerankFailed
 from deployments.reranker.engine import EngineFailed, PromptTooLong, RerankEngine
-from deployments.reranker.prompts import LETTERS, Candidate, PromptContext
+from deployments.reranker.prompts import LETTERS, Candidate, PromptContext, Steer
 from tests.factories import ScriptedEngine
 
 HISTORY = ["Alien (1979)", "Heat (1995)"]
@@ -123,6 +123,14 @@ async def test_explanations_go_to_the_engine_as_one_batch_and_keep_checked_ones(
     assert all(e.source == "llm" and e.check == "ok" for e in out)
 
 
+async def test_each_explanation_is_steered_from_the_categories_its_item_lacks():
+    engine = ScriptedEngine()
+    items = [make_items(1, ("Sci-Fi",))[0], Candidate("9", "Heat II", "A heist.", ["Crime"])]
+    await make_core(engine).explain(ctx(items), [0, 1])
+    # The prompt shows Sci-Fi and Crime: each item is kept off the other's category.
+    assert engine.steered[0] == [Steer(("crime",), ("sci",)), Steer(("sci",), ("crime",))]
+
+
 async def test_failed_reasons_are_asked_again_then_fall_back_to_the_template():
     replies = {"1": iter([" it is a crime saga.", " it is a sci-fi heist."])}
 
@@ -197,11 +205,12 @@ async def test_explanation_tokens_follow_the_time_left():
     engine = ScriptedEngine()
     core = make_core(engine, explain_max_tokens=32, explain_min_tokens=8)
     core.cost.prefill_s, core.cost.call_s, core.cost.step_s = 0.0, 0.0, 0.01
+    core.cost.seq_step_s = 0.0
     await core.explain(ctx(make_items(2)), [0, 1], deadline=time.time() + 0.2)
     assert 8 <= engine.max_tokens[0] <= 21
     await core.explain(ctx(make_items(2)), [0, 1])
     assert engine.max_tokens[-1] == 32
-    core.cost.step_s = 0.01  # the scripted engine is instant; keep the model's cost
+    core.cost.step_s, core.cost.seq_step_s = 0.01, 0.0  # the scripted engine is instant
     with pytest.raises(DeadlineExceeded):
         await core.explain(ctx(make_items(2)), [0, 1], deadline=time.time() + 0.05)
 
@@ -210,7 +219,7 @@ async def test_short_of_time_the_best_ranked_items_are_explained_and_the_rest_te
     engine = ScriptedEngine()
     core = make_core(engine, explain_min_tokens=10, explain_max_tokens=10, explain_attempts=1)
     # Each prompt costs 0.02 s to compute, every decode step 0.01 s: 8 items need ~0.25 s.
-    core.cost.call_s, core.cost.step_s = 0.0, 0.01
+    core.cost.call_s, core.cost.step_s, core.cost.seq_step_s = 0.0, 0.01, 0.0
     core.cost.prefill_s = 0.02 / 60
     out = await core.explain(ctx(make_items(8)), list(range(8)), deadline=time.time() + 0.18)
     sources = [e.source for e in out]
@@ -224,6 +233,7 @@ async def test_work_past_its_deadline_is_aborted_in_the_engine():
     core = make_core(engine)
     # The model thinks it is fast: the deadline must still hold.
     core.cost.prefill_s, core.cost.call_s, core.cost.step_s = 0.0, 0.0, 0.0
+    core.cost.seq_step_s = 0.0
     started = time.perf_counter()
     with pytest.raises(DeadlineExceeded):
         await core.explain(ctx(make_items(3)), [0, 1, 2], deadline=time.time() + 0.1)
@@ -293,6 +303,21 @@ def test_admission_waits_for_prompts_in_flight_but_not_for_their_decoding():
         assert admission.fits(Work(0.5, 2.0), now + 3.7)
         assert not admission.fits(Work(0.5, 2.0), now + 3.2)
     assert admission.backlog_s() == 0.0 and admission.pending == 0
+
+
+def test_decode_cost_grows_with_the_batch_width_and_follows_observations():
+    cost = EngineCost(prefill_s=0.001, call_s=0.0)
+    # Measured at start: 30 ms a step alone, 75 ms ten wide (5 ms more per sequence).
+    cost.calibrate_steps([(1, 0.030), (10, 0.075)])
+    assert cost.step_s == pytest.approx(0.025) and cost.seq_step_s == pytest.approx(0.005)
+    assert cost.predict(100, steps=11, width=10) == pytest.approx(0.1 + 10 * 0.075)
+    # A ten-wide batch turns out twice as slow per step: both parts move by one factor.
+    before = cost.step_cost(10)
+    cost.observe_generate(100, 11, 0.1 + 10 * 0.150, width=10)
+    assert cost.step_cost(10) == pytest.approx(before * (0.7 + 0.3 * 2.0))
+    assert cost.step_cost(1) / cost.step_cost(10) == pytest.approx(0.030 / 0.075)
+    with pytest.raises(ValueError):
+        cost.calibrate_steps([(4, 0.05), (4, 0.06)])
 
 
 async def test_explain_counts_the_rerank_prompt_as_cached_even_with_items_appended():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,23 +92,33 @@ class ScriptedEngine:
         tokens = self.count_tokens(messages)
         return EngineOutput(logprobs=dict(self.logprobs), prompt_tokens=tokens, output_tokens=1)
 
-    async def generate(self, batch, max_tokens, temperature=0.0, seed=None, steer=None):
+    async def generate(
+        self, batch, max_tokens, temperature=0.0, seed=None, steer=None, stop_at=None
+    ):
+        """Each reply takes its prompt and `max_tokens` steps; stopped at `stop_at`, the
+        replies have written the share of their words that the time allowed."""
         self.batches.append(len(batch))
         self.steered.append(steer)
         self.max_tokens.append(max_tokens)
         cost = max_tokens * self.seconds_per_step
-        await asyncio.gather(
-            *(self._run(m, self.count_tokens(m) * self.seconds_per_token + cost) for m in batch)
-        )
-        return [
-            EngineOutput(
-                text=self.reply(m),
-                prompt_tokens=self.count_tokens(m),
-                cached_tokens=self.count_tokens(m) // 2,
-                output_tokens=max_tokens,
+        seconds = [self.count_tokens(m) * self.seconds_per_token + cost for m in batch]
+        allowed = seconds if stop_at is None else [stop_at - time.time()] * len(batch)
+        waits = [max(min(s, a), 0.0) for s, a in zip(seconds, allowed, strict=True)]
+        await asyncio.gather(*(self._run(m, w) for m, w in zip(batch, waits, strict=True)))
+        outs = []
+        for m, need, waited in zip(batch, seconds, waits, strict=True):
+            words = self.reply(m).split(" ")
+            done = 1.0 if waited >= need else max(waited - (need - cost), 0.0) / max(cost, 1e-9)
+            outs.append(
+                EngineOutput(
+                    text=" ".join(words[: int(len(words) * done)]),
+                    prompt_tokens=self.count_tokens(m),
+                    cached_tokens=self.count_tokens(m) // 2,
+                    output_tokens=int(max_tokens * done),
+                    finished=done >= 1.0,
+                )
             )
-            for m in batch
-        ]
+        return outs
 
     def running(self):
         return self.in_flight

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +57,8 @@ _TASK_TOKENS = 40
 _CALIBRATION_WIDTH = 10
 """The widest explain batch the warm-up measures: the router's default `explain_top`."""
 _CALIBRATION_STEPS = 16
+_ANSWER_S = 0.05
+"""Explanations stop this long before the deadline, so the answer still leaves in time."""
 _RETRY_TEMPERATURE = 0.7
 """Later explanation rounds sample, so a reason that failed its checks is not written again."""
 _T = TypeVar("_T")
@@ -121,6 +123,8 @@ class _StageStats:
 class _Stats:
     rerank: _StageStats = field(default_factory=_StageStats)
     explain: _StageStats = field(default_factory=_StageStats)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    """Explanations answered, by check: "ok" (generated) or why the template was used."""
 
 
 class RerankerCore:
@@ -169,9 +173,11 @@ class RerankerCore:
         blend of normalised retrieval and letter log-probability scores (0..1,
         weight `weight`, else `config.rerank_weight`). The others follow in
         retrieval order with scores just below the lowest blended one. When the
-        prompt would not finish before `deadline` (leaving time to explain half
-        of `explain_after` items), fewer candidates are lettered; when even two
-        would not, `DeadlineExceeded`. Raises `ValueError` when the lists
+        prompt would not finish before `deadline` leaving time to explain
+        `explain_after` items at `config.explain_min_tokens`, fewer candidates
+        are lettered (a slow engine reranks fewer and still explains every item
+        shown), or time is left for half of them, or for none; when even two
+        would not fit, `DeadlineExceeded`. Raises `ValueError` when the lists
         differ in length, `QueueFull` when the queue is full, `RerankFailed`
         when the engine fails.
         """
@@ -182,11 +188,10 @@ class RerankerCore:
         head = by_retrieval[: self.config.max_candidates]
         if len(head) < 2:
             return RerankOutcome([(i, 1.0) for i in by_retrieval], len(head), 0)
-        # Time for explaining at least the better half of the items afterwards.
-        reserve = self._explain_estimate((explain_after + 1) // 2).seconds if explain_after else 0.0
-        budget = None if deadline is None else deadline - reserve
         ordered = _with_candidates(context, [candidates[i] for i in head])
-        messages, n, text_chars, estimate = self._fit_rerank(ordered, budget)
+        messages, n, text_chars, estimate, budget = self._fit_rerank(
+            ordered, deadline, explain_after
+        )
         lettered = _with_candidates(context, ordered.candidates[:n])
         with self.admission.admit(estimate, budget):
             started = time.perf_counter()
@@ -213,18 +218,41 @@ class RerankerCore:
         raise AssertionError("unreachable: the last share is always taken")
 
     def _fit_rerank(
-        self, context: PromptContext, budget: float | None
-    ) -> tuple[list[dict[str, str]], int, int, Work]:
-        """The largest lettered head (halving from all of it, at least 2) that fits `budget`."""
-        n = len(context.candidates)
-        while True:
-            messages, chars, tokens = self._fit_text(
-                _with_candidates(context, context.candidates[:n])
-            )
-            estimate = self.cost.work(max(tokens - self._always_cached, 1))
-            if n <= 2 or self.admission.fits(estimate, budget):
-                return messages, n, chars, estimate
-            n = max(n // 2, 2)
+        self, context: PromptContext, deadline: float | None, explain_after: int
+    ) -> tuple[list[dict[str, str]], int, int, Work, float | None]:
+        """The largest lettered head (halving from all of it, at least 2) whose prompt ends
+        in time to explain `explain_after` items afterwards, else half of them, else none;
+        with its budget (the time by which it must end). When nothing fits, the last one
+        tried (two lettered, nothing reserved), which admission then refuses."""
+        for count in dict.fromkeys((explain_after, (explain_after + 1) // 2, 0)):
+            n = len(context.candidates)
+            while True:
+                head = _with_candidates(context, context.candidates[:n])
+                messages, chars, tokens = self._fit_text(head)
+                estimate = self.cost.work(max(tokens - self._always_cached, 1))
+                budget = None
+                if deadline is not None:
+                    budget = deadline - self._explain_reserve(head, chars, tokens, count)
+                if self.admission.fits(estimate, budget):
+                    return messages, n, chars, estimate, budget
+                if n <= 2:
+                    break
+                n = max(n // 2, 2)
+        return messages, n, chars, estimate, budget
+
+    def _explain_reserve(
+        self, context: PromptContext, chars: int, rerank_tokens: int, count: int
+    ) -> float:
+        """Seconds to explain `count` items at the fewest tokens after this rerank prompt:
+        each explain prompt computes what follows the shared candidates, plus half a block."""
+        if count <= 0:
+            return 0.0
+        explain = build_explain_prompt(
+            context, 0, item_text_chars=chars, target_text_chars=self.config.item_text_chars
+        )
+        shared = rerank_tokens - _TASK_TOKENS
+        tail = max(self.engine.count_tokens(explain) - shared, 1) + self.config.block_size // 2
+        return self.cost.predict(count * tail, self.config.explain_min_tokens, count)
 
     def _record_score(
         self, context: PromptContext, chars: int, prompt: int, cached: int, started: float
@@ -253,13 +281,15 @@ class RerankerCore:
         `config.item_text_chars`), so a rerank just before leaves their shared
         part in the prefix cache; the target's own line repeats its text at
         the full `config.item_text_chars`. Each gets as many tokens as the time to
-        `deadline` allows, at most `config.explain_max_tokens`; when fewer than
-        `config.explain_min_tokens` fit, the best-ranked half of the items is
-        tried (the others get template reasons, check `no_time`), down to one;
-        when not even one fits, `DeadlineExceeded`. Reasons that fail
+        `deadline` allows, at most `config.explain_max_tokens`; when not all of
+        them fit at `config.explain_min_tokens`, the best-ranked that do are
+        explained (the others get template reasons, check `no_time`); when not
+        even one fits, `DeadlineExceeded`. Reasons that fail
         `explanation_from` are asked for again, sampled, while time is left (at
         most `config.explain_attempts` rounds in all); what still fails, or a
-        prompt too long for the context, gets the template reason. Raises
+        prompt too long for the context, gets the template reason. A round the
+        engine has not finished shortly before `deadline` is stopped there, and
+        its reasons are judged as far as they were written (closed with "…"). Raises
         `QueueFull` when the queue is full and `RerankFailed` when the engine
         fails.
         """
@@ -284,7 +314,9 @@ class RerankerCore:
         steer = {t: steer_for(context.candidates[t], vocabulary) for t in targets}
         done: dict[int, Explanation] = {}
         failed: dict[int, str] = dict.fromkeys(targets, "no_time")
-        todo, attempt = list(targets), 0
+        # As many of the best-ranked items as fit; one at least, which raises if it cannot.
+        widest = self._widest(context, chars, [lengths[t] for t in targets], deadline)
+        todo, attempt = list(targets)[: max(widest, 1)], 0
         while todo and attempt < self.config.explain_attempts:
             try:
                 texts = await self._generate(
@@ -299,7 +331,7 @@ class RerankerCore:
             except DeadlineExceeded:
                 running_late = deadline is None or time.time() >= deadline
                 if attempt == 0 and len(todo) > 1 and not running_late:
-                    todo = todo[: len(todo) // 2]  # the best-ranked items; templates after
+                    todo = todo[: len(todo) // 2]  # refused after all: the better half
                     continue
                 if attempt == 0:
                     raise  # nothing fits, or the deadline passed while the engine ran
@@ -324,7 +356,9 @@ class RerankerCore:
                     )
             todo = [t for t in todo if t not in done]
             attempt += 1
-        return [done.get(t) or self._template(context, t, failed[t]) for t in targets]
+        answered = [done.get(t) or self._template(context, t, failed[t]) for t in targets]
+        self.stats.outcomes.update(e.check for e in answered)
+        return answered
 
     async def _generate(
         self,
@@ -350,6 +384,7 @@ class RerankerCore:
                         temperature=_RETRY_TEMPERATURE if attempt else 0.0,
                         seed=attempt or None,
                         steer=steer,
+                        stop_at=None if deadline is None else deadline - _ANSWER_S,
                     ),
                     deadline,
                 )
@@ -375,9 +410,24 @@ class RerankerCore:
         if scored is not None and _candidate_ids(context)[: len(scored[0])] == scored[0]:
             # The explain prompts start with that rerank prompt, all but its task line.
             shared = max(scored[1] - _TASK_TOKENS, self._always_cached)
-        # A prefix is cached in whole blocks; each prompt recomputes up to one more.
-        cached = len(lengths) * max(shared - self.config.block_size, 0)
+        # A prefix is cached in whole blocks: each prompt recomputes half a block more, on average.
+        cached = len(lengths) * max(shared - self.config.block_size // 2, 0)
         return max(sum(lengths) - cached, len(lengths))
+
+    def _widest(
+        self, context: PromptContext, chars: int, lengths: Sequence[int], deadline: float | None
+    ) -> int:
+        """How many prompts of `lengths` (best-ranked first) can be explained at
+        `config.explain_min_tokens` before `deadline`, behind the work in flight."""
+        if deadline is None:
+            return len(lengths)
+        left = deadline - time.time() - self.admission.backlog_s()
+        least = self.config.explain_min_tokens
+        for width in range(len(lengths), 0, -1):
+            new_tokens = self._explain_new_tokens(context, chars, lengths[:width])
+            if self.cost.predict(new_tokens, least, width) <= left:
+                return width
+        return 0
 
     def _explain_tokens(self, new_tokens: int, deadline: float | None, width: int) -> int:
         """Tokens per explanation of a batch of `width` that fit before `deadline` behind the
@@ -392,11 +442,6 @@ class RerankerCore:
             need = self.cost.predict(new_tokens, self.config.explain_min_tokens, width)
             raise DeadlineExceeded(f"explanations need ~{need:.2f} s, {max(left, 0.0):.2f} s left")
         return min(fit, most)
-
-    def _explain_estimate(self, n: int) -> Work:
-        """Explaining `n` items at the fewest tokens, their shared prefix cached."""
-        tail = 48 + self.config.block_size  # task line + prefill, plus a partly cached block
-        return self.cost.work(n * tail, self.config.explain_min_tokens, n)
 
     @staticmethod
     def _template(context: PromptContext, target: int, check: str) -> Explanation:
@@ -486,6 +531,7 @@ class RerankerCore:
             "refused": dict(self.admission.refused),
             "rerank": self.stats.rerank.as_json(),
             "explain": self.stats.explain.as_json(),
+            "explanations": dict(self.stats.outcomes),
         }
 
     def shutdown(self) -> None:

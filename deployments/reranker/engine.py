@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,7 +56,8 @@ class EngineOutput:
 
     `logprobs` (scoring calls) maps decoded next tokens to log-probabilities;
     `text` (generation calls) is the continuation. `cached_tokens` of the
-    `prompt_tokens` came from the prefix cache.
+    `prompt_tokens` came from the prefix cache. `finished` is false for a
+    generation stopped at its `stop_at` time: `text` is what it had written.
     """
 
     text: str = ""
@@ -63,6 +65,7 @@ class EngineOutput:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
+    finished: bool = True
 
 
 @runtime_checkable
@@ -81,7 +84,8 @@ class RerankEngine(Protocol):
     newline: greedy at temperature 0, else sampled (reproducibly for a given
     `seed`); `steer[i]`, when given, names words the continuation of prompt
     `i` must not use (`avoid`, nor any word of the same `stem`) and words it
-    is nudged toward (`prefer`).
+    is nudged toward (`prefer`); at `stop_at` (a `time.time()` value) the
+    requests still running are aborted and answer what they have written.
     Cancelling either call aborts its requests in the engine; `running()` is
     how many requests the engine holds. Failures raise `PromptTooLong` when
     messages do not fit the context and `EngineFailed` otherwise.
@@ -100,6 +104,7 @@ class RerankEngine(Protocol):
         temperature: float = 0.0,
         seed: int | None = None,
         steer: Sequence[Steer] | None = None,
+        stop_at: float | None = None,
     ) -> list[EngineOutput]: ...
 
     def running(self) -> int: ...
@@ -247,19 +252,34 @@ class VllmEngine:
         (engine_input,) = await renderer.render_cmpl_async([prompt])
         return engine_input
 
-    async def _final(self, messages: list[dict[str, str]], params: Any) -> EngineOutput:
+    async def _final(
+        self, messages: list[dict[str, str]], params: Any, stop_at: float | None = None
+    ) -> EngineOutput:
+        """The request's last output; at `stop_at` the one so far (params must stream
+        cumulative outputs then)."""
         from vllm.exceptions import VLLMError
 
         if self._llm is None:
             raise EngineFailed("vLLM engine is shut down")
-        final = None
+        final, finished = None, True
         try:
             engine_input = await self._engine_input(messages)
             # Cancellation of this loop reaches vLLM's generator, which aborts the request.
-            async for out in self._llm.generate(engine_input, params, uuid.uuid4().hex):
-                final = out
+            stream = self._llm.generate(engine_input, params, uuid.uuid4().hex)
+            if stop_at is None:
+                async for out in stream:
+                    final = out
+            else:
+                try:
+                    async with asyncio.timeout(max(stop_at - time.time(), 0.0)):
+                        async for out in stream:
+                            final = out
+                except TimeoutError:
+                    finished = False
         except VLLMError as exc:
             raise EngineFailed(f"vLLM request failed: {exc}") from exc
+        if (final is None or not final.outputs) and not finished:
+            return EngineOutput(finished=False)  # stopped before its first token
         if final is None or not final.outputs:
             raise EngineFailed("vLLM returned no output")
         first = final.outputs[0]
@@ -269,6 +289,7 @@ class VllmEngine:
             prompt_tokens=len(final.prompt_token_ids or ()),
             cached_tokens=int(final.num_cached_tokens or 0),
             output_tokens=len(first.token_ids),
+            finished=finished,
         )
 
     def _decoded(self, entries: dict[int, Any]) -> dict[str, float]:
@@ -293,6 +314,7 @@ class VllmEngine:
         temperature: float = 0.0,
         seed: int | None = None,
         steer: Sequence[Steer] | None = None,
+        stop_at: float | None = None,
     ) -> list[EngineOutput]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
@@ -308,13 +330,16 @@ class VllmEngine:
                 frequency_penalty=_FREQUENCY_PENALTY,
                 structured_outputs=StructuredOutputsParams(regex=PLAIN_SENTENCE),
                 logit_bias=bias or None,
-                output_kind=RequestOutputKind.FINAL_ONLY,
+                # Streamed when it may be stopped, so what it wrote so far is at hand.
+                output_kind=RequestOutputKind.FINAL_ONLY
+                if stop_at is None
+                else RequestOutputKind.CUMULATIVE,
             )
 
         hows = list(steer) if steer is not None else [Steer()] * len(batch)
         if len(hows) != len(batch):
             raise ValueError("steer needs one Steer per prompt")
-        requests = [self._final(m, params(h)) for m, h in zip(batch, hows, strict=True)]
+        requests = [self._final(m, params(h), stop_at) for m, h in zip(batch, hows, strict=True)]
         # gather cancels every request of the batch when the caller is cancelled.
         return list(await asyncio.gather(*requests))
 

@@ -139,6 +139,17 @@ async def test_a_cancelled_request_is_aborted_in_the_engine(reranker):
     assert engine.running() == 0
 
 
+async def test_a_generation_stopped_at_its_time_answers_what_it_wrote(reranker):
+    engine = reranker.engine
+    prompt = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+    started = time.time()
+    (out,) = await engine.generate([prompt], max_tokens=400, stop_at=started + 1.0)
+    assert time.time() - started < 1.5 and engine.running() == 0
+    assert not out.finished and 0 < out.output_tokens < 400 and out.text.strip()
+    (done,) = await engine.generate([prompt], max_tokens=4, stop_at=time.time() + 30)
+    assert done.finished and done.output_tokens <= 4
+
+
 async def test_work_past_its_deadline_is_refused_or_aborted(reranker):
     started = time.perf_counter()
     with pytest.raises(DeadlineExceeded):

@@ -274,13 +274,18 @@ class RerankerConfig(_Section):
     explain_max_tokens: int = Field(32, ge=8, le=256)
     """Most tokens of one generated explanation (one short sentence needs ~20)."""
     explain_min_tokens: int = Field(12, ge=1, le=256)
-    """Fewest tokens worth generating: when fewer fit before the deadline, `explain` is skipped
-    (named in `degraded`) rather than cut mid-thought."""
+    """Fewest tokens worth generating: only as many items as fit at this many are explained
+    (the others get template reasons); when not even one fits, `explain` is skipped (named
+    in `degraded`). The rerank leaves time for it."""
     explain_attempts: int = Field(2, ge=1, le=10)
     """Rounds of generation per answer: reasons that fail their checks are sampled again in
     the next round while the deadline allows; what still fails gets the template reason."""
     item_text_chars: int = Field(160, ge=16, le=2000)
     """Catalog text is truncated to this many characters before it enters a prompt."""
+    explain_text_chars: int = Field(80, ge=0, le=2000)
+    """Text of the item an explanation is about, repeated next to the question (the model
+    draws its reason from it). Every explain prompt computes these tokens anew, so they
+    cost prefill time per item: ~1 ms each on a 2-core CPU."""
 
     @model_validator(mode="after")
     def _token_bounds(self) -> RerankerConfig:

@@ -153,6 +153,7 @@ class RerankerCore:
         self.stats = _Stats()
         self.warmed = False
         self._always_cached = 0  # tokens every prompt shares (system message, instructions)
+        self._common: tuple[tuple, int] = ((), 0)  # see _common_tokens
         # User key -> (ids of the candidates a recent rerank lettered, its prompt tokens).
         self._scored: OrderedDict[tuple, tuple[tuple[str, ...], int]] = OrderedDict()
 
@@ -229,7 +230,7 @@ class RerankerCore:
             while True:
                 head = _with_candidates(context, context.candidates[:n])
                 messages, chars, tokens = self._fit_text(head)
-                estimate = self.cost.work(max(tokens - self._always_cached, 1))
+                estimate = self.cost.work(max(tokens - self._cached_rerank(head, chars), 1))
                 budget = None
                 if deadline is not None:
                     budget = deadline - self._explain_reserve(head, chars, tokens, count)
@@ -240,6 +241,14 @@ class RerankerCore:
                 n = max(n // 2, 2)
         return messages, n, chars, estimate, budget
 
+    def _cached_rerank(self, context: PromptContext, chars: int) -> int:
+        """Tokens of this rerank prompt the prefix cache holds: all but the last block when
+        the same user's same candidates were scored recently, else the fixed instructions."""
+        scored = self._scored.get(_user_key(context, chars))
+        if scored is not None and scored[0] == _candidate_ids(context):
+            return max(scored[1] - self.config.block_size, self._always_cached)
+        return self._always_cached
+
     def _explain_reserve(
         self, context: PromptContext, chars: int, rerank_tokens: int, count: int
     ) -> float:
@@ -248,7 +257,7 @@ class RerankerCore:
         if count <= 0:
             return 0.0
         explain = build_explain_prompt(
-            context, 0, item_text_chars=chars, target_text_chars=self.config.item_text_chars
+            context, 0, item_text_chars=chars, target_text_chars=self.config.explain_text_chars
         )
         shared = rerank_tokens - _TASK_TOKENS
         tail = max(self.engine.count_tokens(explain) - shared, 1) + self.config.block_size // 2
@@ -279,8 +288,8 @@ class RerankerCore:
         All prompts go to the engine as one batch; they start with the rerank
         prompt of the same context and `item_text_chars` (default
         `config.item_text_chars`), so a rerank just before leaves their shared
-        part in the prefix cache; the target's own line repeats its text at
-        the full `config.item_text_chars`. Each gets as many tokens as the time to
+        part in the prefix cache; the target's own line repeats its text, cut
+        to `config.explain_text_chars`. Each gets as many tokens as the time to
         `deadline` allows, at most `config.explain_max_tokens`; when not all of
         them fit at `config.explain_min_tokens`, the best-ranked that do are
         explained (the others get template reasons, check `no_time`); when not
@@ -303,7 +312,7 @@ class RerankerCore:
         chars = self.config.item_text_chars if item_text_chars is None else item_text_chars
         prompts = {
             t: build_explain_prompt(
-                context, t, item_text_chars=chars, target_text_chars=self.config.item_text_chars
+                context, t, item_text_chars=chars, target_text_chars=self.config.explain_text_chars
             )
             for t in targets
         }
@@ -403,16 +412,30 @@ class RerankerCore:
     def _explain_new_tokens(
         self, context: PromptContext, chars: int, lengths: Sequence[int]
     ) -> int:
-        """Of prompts of `lengths` tokens, those the engine will compute: what the prefix cache
-        cannot serve."""
-        shared = self._always_cached
+        """Of explain prompts of `lengths` tokens, those the engine will compute: what the
+        prefix cache cannot serve.
+
+        They all start with the rerank prompt of `context` (less its task line). The part
+        a recent rerank scored is cached; the rest of it (candidates the router appended)
+        is computed once and then shared; each prompt computes its own task line, plus half
+        a block on average (a prefix is cached in whole blocks).
+        """
+        cached = self._always_cached
         scored = self._scored.get(_user_key(context, chars))
         if scored is not None and _candidate_ids(context)[: len(scored[0])] == scored[0]:
-            # The explain prompts start with that rerank prompt, all but its task line.
-            shared = max(scored[1] - _TASK_TOKENS, self._always_cached)
-        # A prefix is cached in whole blocks: each prompt recomputes half a block more, on average.
-        cached = len(lengths) * max(shared - self.config.block_size // 2, 0)
-        return max(sum(lengths) - cached, len(lengths))
+            cached = max(scored[1] - _TASK_TOKENS, self._always_cached)
+        common = self._common_tokens(context, chars)
+        own = sum(max(n - common, 1) for n in lengths)
+        return max(common - cached, 0) + own + len(lengths) * (self.config.block_size // 2)
+
+    def _common_tokens(self, context: PromptContext, chars: int) -> int:
+        """Tokens every explain prompt of `context` shares (its rerank prompt without the task
+        line); the last answer is kept, as `explain` asks for it once per round and width."""
+        key = (_user_key(context, chars), _candidate_ids(context))
+        if self._common[0] != key:
+            prompt = build_rerank_prompt(context, item_text_chars=chars)
+            self._common = (key, max(self.engine.count_tokens(prompt) - _TASK_TOKENS, 0))
+        return self._common[1]
 
     def _widest(
         self, context: PromptContext, chars: int, lengths: Sequence[int], deadline: float | None
@@ -494,7 +517,7 @@ class RerankerCore:
                 context,
                 t,
                 item_text_chars=item_text_chars,
-                target_text_chars=self.config.item_text_chars,
+                target_text_chars=self.config.explain_text_chars,
             )
             for t in range(len(context.candidates))
         ]

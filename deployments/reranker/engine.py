@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 _TOP_LOGPROBS = 20
 _PREFER_BIAS = 2.0
+_STREAM_INTERVAL = 4
+"""Tokens between the outputs of a generation that may be stopped (`stop_at`)."""
 _FREQUENCY_PENALTY = 0.5
 """Generation only: each repeat of an output token costs this much logit, so a small model
 does not loop ("a sports drama about a sports drama about ..."); prompt tokens are not
@@ -330,10 +332,12 @@ class VllmEngine:
                 frequency_penalty=_FREQUENCY_PENALTY,
                 structured_outputs=StructuredOutputsParams(regex=PLAIN_SENTENCE),
                 logit_bias=bias or None,
-                # Streamed when it may be stopped, so what it wrote so far is at hand.
+                # Streamed when it may be stopped, so what it wrote so far is at hand;
+                # every few tokens only (each output costs the replica CPU time).
                 output_kind=RequestOutputKind.FINAL_ONLY
                 if stop_at is None
                 else RequestOutputKind.CUMULATIVE,
+                stream_interval=None if stop_at is None else _STREAM_INTERVAL,
             )
 
         hows = list(steer) if steer is not None else [Steer()] * len(batch)

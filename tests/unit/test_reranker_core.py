@@ -203,7 +203,7 @@ async def test_a_near_deadline_letters_fewer_candidates():
 
 async def test_the_rerank_leaves_time_to_explain_every_item_asked_for():
     engine = ScriptedEngine()
-    core = make_core(engine)
+    core = make_core(engine, explain_text_chars=160)
 
     def costs() -> None:  # only prompt tokens cost, 1 ms a word (each call re-learns them)
         core.cost.prefill_s, core.cost.call_s = 0.001, 0.0
@@ -220,13 +220,19 @@ async def test_the_rerank_leaves_time_to_explain_every_item_asked_for():
     alone = await core.rerank(ctx(items), scores, deadline=deadline)
     assert alone.lettered == 20  # with nothing to explain, all twenty fit
     costs()
-    then = await core.rerank(ctx(items), scores, deadline=deadline, explain_after=10)
+    other = ctx(items, history=["Heat (1995)"], cats=[["Crime"]])  # nothing of it cached
+    then = await core.rerank(other, scores, deadline=deadline, explain_after=10)
     assert 2 <= then.lettered < 20
     costs()
+    lettered = ctx(items[: then.lettered], history=["Heat (1995)"], cats=[["Crime"]])
     out = await core.explain(
-        ctx(items[: then.lettered]), list(range(then.lettered))[:10], then.item_text_chars, deadline
+        lettered, list(range(then.lettered))[:10], then.item_text_chars, deadline
     )
     assert all(e.source == "llm" for e in out)
+    # The first user's prompt was just scored: cached, it letters all twenty again.
+    costs()
+    again = await core.rerank(ctx(items), scores, deadline=time.time() + 1.75, explain_after=10)
+    assert again.lettered == 20
 
 
 async def test_explanation_tokens_follow_the_time_left():
@@ -365,5 +371,7 @@ async def test_explain_counts_the_rerank_prompt_as_cached_even_with_items_append
     total = sum(lengths)
     new = core._explain_new_tokens(explain_context, 160, lengths)
     assert new < 0.6 * total  # the rerank prompt's part of each is counted as cached
+    # Nothing of another user's is cached, but their prompts share history and candidates
+    # with each other: computed once, then served from the cache.
     other_user = ctx(items, history=["Heat (1995)"], cats=[["Crime"]])
-    assert core._explain_new_tokens(other_user, 160, lengths) == total
+    assert new < core._explain_new_tokens(other_user, 160, lengths) < 0.75 * total

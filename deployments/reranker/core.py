@@ -13,6 +13,7 @@ aborted in the engine.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -225,15 +226,24 @@ class RerankerCore:
         in time to explain `explain_after` items afterwards, else half of them, else none;
         with its budget (the time by which it must end). When nothing fits, the last one
         tried (two lettered, nothing reserved), which admission then refuses."""
+
+        @functools.cache
+        def head_of(n: int) -> tuple[list[dict[str, str]], int, Work, int]:
+            """Prompt, text length, cost and explain-tail tokens of `n` lettered (built once)."""
+            head = _with_candidates(context, context.candidates[:n])
+            messages, chars, tokens = self._fit_text(head)
+            estimate = self.cost.work(max(tokens - self._cached_rerank(head, chars), 1))
+            return messages, chars, estimate, self._explain_tail(head, chars, tokens)
+
+        least = self.config.explain_min_tokens
         for count in dict.fromkeys((explain_after, (explain_after + 1) // 2, 0)):
             n = len(context.candidates)
             while True:
-                head = _with_candidates(context, context.candidates[:n])
-                messages, chars, tokens = self._fit_text(head)
-                estimate = self.cost.work(max(tokens - self._cached_rerank(head, chars), 1))
+                messages, chars, estimate, tail = head_of(n)
                 budget = None
                 if deadline is not None:
-                    budget = deadline - self._explain_reserve(head, chars, tokens, count)
+                    reserve = self.cost.predict(count * tail, least, count) if count else 0.0
+                    budget = deadline - reserve
                 if self.admission.fits(estimate, budget):
                     return messages, n, chars, estimate, budget
                 if n <= 2:
@@ -249,19 +259,14 @@ class RerankerCore:
             return max(scored[1] - self.config.block_size, self._always_cached)
         return self._always_cached
 
-    def _explain_reserve(
-        self, context: PromptContext, chars: int, rerank_tokens: int, count: int
-    ) -> float:
-        """Seconds to explain `count` items at the fewest tokens after this rerank prompt:
-        each explain prompt computes what follows the shared candidates, plus half a block."""
-        if count <= 0:
-            return 0.0
+    def _explain_tail(self, context: PromptContext, chars: int, rerank_tokens: int) -> int:
+        """Tokens each explain prompt computes after this rerank prompt: what follows the
+        shared candidates (task line, item text, prefill), plus half a block."""
         explain = build_explain_prompt(
             context, 0, item_text_chars=chars, target_text_chars=self.config.explain_text_chars
         )
         shared = rerank_tokens - _TASK_TOKENS
-        tail = max(self.engine.count_tokens(explain) - shared, 1) + self.config.block_size // 2
-        return self.cost.predict(count * tail, self.config.explain_min_tokens, count)
+        return max(self.engine.count_tokens(explain) - shared, 1) + self.config.block_size // 2
 
     def _record_score(
         self, context: PromptContext, chars: int, prompt: int, cached: int, started: float

@@ -131,9 +131,8 @@ class VllmEngine:
     outputs, regex `PLAIN_SENTENCE`) to one sentence of plain text, steered
     by logit biases: -100 (never sampled) on the tokens that could start an
     avoided word (`_avoided_ids`), so "romantic" goes with "romance", and
-    on the first token of each preferred word (lower case and capitalised,
-    after a space)
-    `_PREFER_BIAS`.
+    `_PREFER_BIAS` on the first token of each preferred word (lower case and
+    capitalised, after a space).
     """
 
     def __init__(self, config: RerankerConfig, model: str) -> None:
@@ -268,16 +267,13 @@ class VllmEngine:
             engine_input = await self._engine_input(messages)
             # Cancellation of this loop reaches vLLM's generator, which aborts the request.
             stream = self._llm.generate(engine_input, params, uuid.uuid4().hex)
-            if stop_at is None:
-                async for out in stream:
-                    final = out
-            else:
-                try:
-                    async with asyncio.timeout(max(stop_at - time.time(), 0.0)):
-                        async for out in stream:
-                            final = out
-                except TimeoutError:
-                    finished = False
+            left = None if stop_at is None else max(stop_at - time.time(), 0.0)
+            try:
+                async with asyncio.timeout(left):  # None: no limit
+                    async for out in stream:
+                        final = out
+            except TimeoutError:
+                finished = False
         except VLLMError as exc:
             raise EngineFailed(f"vLLM request failed: {exc}") from exc
         if (final is None or not final.outputs) and not finished:

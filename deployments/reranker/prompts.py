@@ -402,6 +402,14 @@ def _phrase_in(phrase: str, words: Sequence[str]) -> bool:
     return n > 0 and any(stems[i : i + n] == target for i in range(len(stems) - n + 1))
 
 
+def _foreign_categories(item: Candidate, vocabulary: Iterable[str]) -> list[str]:
+    """The categories of `vocabulary` that `item` lacks and its own title or text does not use
+    (naming one of them contradicts the catalog)."""
+    own_words = _words(f"{item.title} {item.text}")
+    own = {c.lower() for c in item.categories}
+    return [c for c in vocabulary if c.lower() not in own and not _phrase_in(c, own_words)]
+
+
 def check_reason(reason: str, item: Candidate, vocabulary: Iterable[str] = ()) -> str:
     """`"ok"` when the generated `reason` says something true of `item`, else why not.
 
@@ -419,12 +427,9 @@ def check_reason(reason: str, item: Candidate, vocabulary: Iterable[str] = ()) -
     lowered = sentence.lower()
     if any(m in lowered for m in ("<", ">", "http")):
         return "markup"
+    if any(_phrase_in(c, words) for c in _foreign_categories(item, vocabulary)):
+        return "contradicts_catalog"
     own_words = _words(f"{item.title} {item.text}")
-    own = {c.lower() for c in item.categories}
-    for category in vocabulary:
-        named = category.lower() not in own and _phrase_in(category, words)
-        if named and not _phrase_in(category, own_words):
-            return "contradicts_catalog"
     names_category = any(_phrase_in(c, words) for c in item.categories)
     own_stems = {stem(w) for w in _distinctive(own_words)}
     if not names_category and not (own_stems & {stem(w) for w in _distinctive(words)}):
@@ -457,11 +462,8 @@ def steer_for(item: Candidate, vocabulary: Iterable[str]) -> Steer:
     """
     own_words = _words(f"{item.title} {item.text} {' '.join(item.categories)}")
     own_stems = {stem(w) for w in own_words}
-    own = {c.lower() for c in item.categories}
     avoid: set[str] = set()
-    for category in vocabulary:
-        if category.lower() in own or _phrase_in(category, own_words):
-            continue
+    for category in _foreign_categories(item, vocabulary):
         first = _first_word(category)
         if first is not None and stem(first) not in own_stems:
             avoid.add(first)

@@ -311,6 +311,15 @@ class RouterConfig(_Section):
     past it the proxy answers 503 with Retry-After at once instead of letting clients wait."""
     default_deadline_ms: int = Field(5000, ge=10, le=120_000)
     """Deadline of a request that names none."""
+    shard_timeout_ms: int = Field(1000, ge=1, le=120_000)
+    """Longest one shard call of a recommendation (search or history lookup) waits; a shard
+    later than that is named in `degraded` and the answer goes on without it. Serve holds
+    calls to a deployment whose only replica died until a new one runs (seconds), so this
+    bounds what a crash costs a request; keep it well above the shards' p99 under load."""
+    encode_timeout_ms: int = Field(1000, ge=1, le=120_000)
+    """Longest the query encoding waits. Later, or when the encoder fails, the request goes on
+    without the query (`degraded: ["encoder"]`): from its history, or popular items when it
+    has none."""
     backend_timeout_s: float = Field(10.0, gt=0, le=600)
     """Longest an item lookup, delete or feedback check waits for its shard before a 502."""
     max_body_bytes: int = Field(64 * 1024, ge=1024)

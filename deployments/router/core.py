@@ -5,8 +5,12 @@ The stages and their deadline rules:
 1. history: the stored history of `user_id` plus the request's `history`
    (unknown request items are a 404); vectors come from the owning shards.
 2. encode the query (concurrently with 1) and build the profile.
-3. retrieve: every shard searched concurrently with what is left of the
-   deadline; a late or failed shard is named in `degraded` (`shard-N`).
+   An encoder that fails or is later than `encode_timeout_ms` costs the query
+   only (`degraded: ["encoder"]`): the request goes on from its history, or
+   from popularity when it has none.
+3. retrieve: every shard searched concurrently, each call bounded by what is
+   left of the deadline and by `shard_timeout_ms`; a late or failed shard is
+   named in `degraded` (`shard-N`).
    Item-kNN and ALS candidates join; every candidate gets the four features
    of `retrieval.fusion` (cosine, item-kNN, ALS, popularity) and their
    weighted sum is its score. Cold users with no query get popularity.
@@ -298,7 +302,7 @@ class RouterCore:
                     query_vec_task.cancel()
                 raise NotFound(f"unknown item {missing[0]!r}", field="history")
         history_ids = [i for i in history_ids if i in history]
-        query_vec = await self._within(query_vec_task, clock) if query_vec_task else None
+        query_vec = await self._query_vector(query_vec_task, clock, degraded)
         clock.lap("encode", t)
 
         t = time.perf_counter()
@@ -322,11 +326,18 @@ class RouterCore:
             raise DeadlineExceeded("no shard answered within the deadline")
         return history_ids, history, candidates
 
-    async def _within(self, awaitable: Awaitable, clock: _Clock):
+    async def _query_vector(
+        self, task: Awaitable[np.ndarray] | None, clock: _Clock, degraded: list[str]
+    ) -> np.ndarray | None:
+        """The encoded query; None (and "encoder" degraded) when it fails or comes too late."""
+        if task is None:
+            return None
+        bound = min(clock.left(), self.config.router.encode_timeout_ms / 1000.0)
         try:
-            return await asyncio.wait_for(awaitable, timeout=max(clock.left(), 0.001))
-        except TimeoutError as exc:
-            raise DeadlineExceeded("encoding the query missed the deadline") from exc
+            return await asyncio.wait_for(task, timeout=max(bound, 0.001))
+        except (TimeoutError, ConnectionError, BackendFailed, QueueFull):
+            degraded.append("encoder")
+            return None
 
     async def _gather_shards(
         self, calls: dict[int, Awaitable], clock: _Clock, degraded: list[str]
@@ -335,7 +346,8 @@ class RouterCore:
         tasks = {s: asyncio.ensure_future(c) for s, c in calls.items()}
         if not tasks:
             return {}
-        done, pending = await asyncio.wait(tasks.values(), timeout=max(clock.left(), 0.001))
+        bound = min(clock.left(), self.config.router.shard_timeout_ms / 1000.0)
+        done, pending = await asyncio.wait(tasks.values(), timeout=max(bound, 0.001))
         for task in pending:
             task.cancel()
         results = {}

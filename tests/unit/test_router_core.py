@@ -98,10 +98,12 @@ def make_core(
     histories=None,
     als=None,
     fusion=None,
+    config=None,
+    encode=None,
 ):
     vectors, shards, knn = world
 
-    async def encode(text: str) -> np.ndarray:
+    async def by_index(text: str) -> np.ndarray:
         return vectors[int(text)]  # "query" i means "like item i+1"
 
     clients = [
@@ -109,8 +111,8 @@ def make_core(
         for i, (s, d) in enumerate(zip(shards, delays, strict=True))
     ]
     return RouterCore(
-        AppConfig(),
-        encode=encode,
+        config or AppConfig(),
+        encode=encode or by_index,
         shards=clients,
         reranker=reranker,
         cf=knn if cf else None,
@@ -200,6 +202,38 @@ async def test_late_shard_is_degraded_not_fatal(world):
 async def test_failed_shard_is_degraded(world):
     answer = await make_core(world, fail={1}).recommend(RecommendRequest(query="3", k=5))
     assert answer.degraded == ["shard-1"] and len(answer.items) == 5
+
+
+async def test_a_hung_shard_costs_the_shard_timeout_not_the_whole_deadline(world):
+    # A dead replica's calls wait until Serve has a new one: seconds, not the deadline's worth.
+    config = AppConfig(router=RouterConfig(shard_timeout_ms=200))
+    core = make_core(world, delays=(0, 0, 30, 0), config=config)
+    started = time.perf_counter()
+    answer = await core.recommend(RecommendRequest(history=["1", "2"], k=10, deadline_ms=5000))
+    assert time.perf_counter() - started < 1.0
+    assert answer.degraded == ["shard-2"] and len(answer.items) == 10
+
+
+async def test_a_dead_or_hung_encoder_costs_the_query_only(world):
+    async def dead(text: str) -> np.ndarray:
+        raise ConnectionError("Encoder did not answer")
+
+    async def hung(text: str) -> np.ndarray:
+        await asyncio.sleep(30)
+        raise AssertionError("unreachable")
+
+    core = make_core(world, encode=dead, histories={"u1": ["1", "2"]})
+    alone = await core.recommend(RecommendRequest(query="3", k=5))
+    assert alone.degraded == ["encoder"] and [i.sources for i in alone.items][0] == ["popular"]
+    with_history = await core.recommend(RecommendRequest(user_id="u1", query="3", k=5))
+    assert with_history.degraded == ["encoder"] and "ann" in with_history.items[0].sources
+    assert not {"1", "2"} & set(ids(with_history))
+
+    config = AppConfig(router=RouterConfig(encode_timeout_ms=100))
+    slow = make_core(world, encode=hung, config=config)
+    started = time.perf_counter()
+    answer = await slow.recommend(RecommendRequest(query="3", k=5, deadline_ms=5000))
+    assert time.perf_counter() - started < 1.0 and answer.degraded == ["encoder"]
 
 
 async def test_nothing_in_time_is_deadline_exceeded(world):

@@ -311,7 +311,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="drop interactions with items missing from the catalog",
     )
-    s.add_argument("--items", type=int, default=2000, help="demo: catalog size")
+    s.add_argument("--items", type=int, default=3000, help="demo: catalog size")
     s.add_argument("--users", type=int, default=500, help="demo: users")
     s.add_argument("--seed", type=int, default=0, help="demo: random seed")
     s.set_defaults(func=cmd_ingest)

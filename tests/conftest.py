@@ -32,7 +32,8 @@ def minilm():
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory, minilm) -> Path:
-    """The demo dataset (2,000 items, 500 users) with a 4-shard index built by the real encoder."""
+    """The demo dataset (3,000 items, 500 users, ~39k interactions) with a 4-shard index built by
+    the real encoder."""
     from retrieval.build import build_index
     from retrieval.demo_data import make_demo_dataset
 

@@ -28,7 +28,7 @@ console = Console()
 
 # Modules adding subcommands: each has `register(subparsers)` that adds its parser and
 # sets `func` (taking the parsed args, returning an exit code).
-COMMAND_MODULES: list[str] = ["cluster.loadtest_cmd", "cluster.eval_cmd"]
+COMMAND_MODULES: list[str] = ["cluster.loadtest_cmd", "cluster.eval_cmd", "cluster.chaos_cmd"]
 BENCH_MODULES: list[str] = [
     "cluster.bench_encoder",
     "cluster.bench_retrieval",

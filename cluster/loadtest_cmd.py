@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import shutil
@@ -29,6 +30,7 @@ from rich.table import Table
 from cluster import local
 from deployments.config import AppConfig
 from loadtest.errors import LoadtestError
+from loadtest.overload import overload_report, run_overload
 from loadtest.progress import LiveProgress
 from loadtest.report import build_report, write_report
 from loadtest.runner import check_target
@@ -242,7 +244,7 @@ class ServeDeployer:
 
 
 def _scenario(args: argparse.Namespace) -> Scenario:
-    scenario = load_scenario(args.scenario)
+    scenario = load_scenario(args.scenario or ("overload" if args.overload else "retrieval"))
     changes: dict[str, Any] = {
         "duration_s": args.duration,
         "max_requests": args.max_requests,
@@ -358,7 +360,45 @@ def _restore(config: Path, app_config: dict[str, Any] | None, timeout_s: float) 
         console.print(f"[red]could not redeploy it:[/] {exc}")
 
 
+def cmd_overload(args: argparse.Namespace) -> int:
+    """`--overload`: capacity closed loop, then `--overload-factor` times it open loop."""
+    scenario = _scenario(args)
+    url = check_target(args.url, args.allow_host)
+    _, cfg = local.render_serve_config(args.config, data_dir=Path(args.data) if args.data else None)
+    traffic = _traffic(cfg.data_path, scenario)
+    console.print(
+        f"overload: measuring capacity for {args.capacity_s:.0f} s, then "
+        f"{args.overload_factor}x it open loop for {scenario.duration_s:.0f} s"
+    )
+    run = asyncio.run(
+        run_overload(
+            url,
+            scenario,
+            traffic,
+            factor=args.overload_factor,
+            capacity_s=args.capacity_s,
+            step_s=scenario.duration_s,
+            allow_hosts=tuple(args.allow_host),
+        )
+    )
+    report = overload_report(run)
+    out = Path(args.out or f"out/loadtest/overload-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "overload.json").write_text(json.dumps(report, indent=1))
+    table = Table(title="overload check")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    console.print(f"wrote {out / 'overload.json'}")
+    ok = report["accepted_p99_within_deadline"] and report["refused_without_retry_after"] == 0
+    return 0 if ok and report["unanswered"] == 0 else 1
+
+
 def cmd_loadtest(args: argparse.Namespace) -> int:
+    if args.overload:
+        return cmd_overload(args)
     scenario = _scenario(args)
     overrides = parse_sets(args.set)
     data = args.data or (DEMO_DATA if args.demo else None)
@@ -469,8 +509,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     s.add_argument(
         "--scenario",
-        default="retrieval",
-        help=f"shipped scenario ({', '.join(builtin_scenarios())}) or a YAML file",
+        help=f"shipped scenario ({', '.join(builtin_scenarios())}) or a YAML file "
+        "(default: retrieval; overload with --overload)",
+    )
+    s.add_argument(
+        "--overload",
+        action="store_true",
+        help="overload check: measure capacity closed loop, then offer --overload-factor "
+        "times it open loop; report refusals and accepted p99 against the deadline",
+    )
+    s.add_argument("--overload-factor", type=float, default=2.0, help="(default 2.0)")
+    s.add_argument(
+        "--capacity-s", type=float, default=20.0, help="seconds of the capacity run (default 20)"
     )
     s.add_argument("--url", default="http://127.0.0.1:8000", help="service to measure (no sweep)")
     s.add_argument("--sweep", help="gpus=1,2,4 or replicas=1,2,4: redeploy and measure each")

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-__all__ = ["make_plots"]
+__all__ = ["chaos_timeline", "make_plots"]
 
 
 def _gpu_label(report: dict[str, Any]) -> str:
@@ -125,3 +125,30 @@ def make_plots(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     _latency(report, paths["latency_vs_load"])
     _stages(report, paths["stage_breakdown"])
     return paths
+
+
+def chaos_timeline(report: dict[str, Any], path: Path) -> None:
+    """Success share and p99 per bucket of a chaos report, each kill a vertical line."""
+    timeline = report["timeline"]
+    t = [b["t_s"] for b in timeline]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
+    top.plot(t, [100 * b["success"] for b in timeline], "-", label="success")
+    top.plot(t, [100 * b["degraded"] for b in timeline], ":", label="degraded")
+    top.set_ylabel("% of requests")
+    top.set_ylim(-2, 102)
+    top.legend(loc="lower left")
+    bottom.plot(t, [b["p99_ms"] for b in timeline], "-", color="C2", label="p99")
+    bottom.axhline(report["p99_steady_ms"], color="k", ls="--", alpha=0.5, label="steady p99")
+    bottom.set_ylabel("latency (ms)")
+    bottom.set_xlabel("seconds")
+    bottom.legend(loc="upper left")
+    for k in report["kills"]:
+        for ax in (top, bottom):
+            ax.axvline(k["at_s"], color="tab:red", alpha=0.4)
+        top.annotate(k["target"], (k["at_s"], 2), rotation=90, fontsize=7, color="tab:red")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    top.set_title("Chaos run: success and p99 over time (red: kills)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import time
@@ -220,13 +221,26 @@ class LoadRunner:
 
     async def _send(self, client: httpx.AsyncClient, req: PlannedRequest, step: int) -> None:
         self._in_flight += 1
+        try:
+            record = await self._attempt(client, req, step)
+            if self.scenario.retry_failed and _retryable(record):
+                again = await self._attempt(client, req, step)
+                record = dataclasses.replace(
+                    record, retry_ok=again.outcome == "ok", write=again.write
+                )
+        finally:
+            self._in_flight -= 1
+        self._keep(record)
+
+    async def _attempt(
+        self, client: httpx.AsyncClient, req: PlannedRequest, step: int
+    ) -> RequestRecord:
         start = self._now()
         t = time.perf_counter()
         try:
             r = await client.request(req.method, req.path, json=req.body)
-            record = self._record(req, step, start, (time.perf_counter() - t) * 1000.0, r)
         except httpx.HTTPError as exc:
-            record = RequestRecord(
+            return RequestRecord(
                 name=req.name,
                 method=req.method,
                 start_s=start,
@@ -236,9 +250,7 @@ class LoadRunner:
                 step=step,
                 error=type(exc).__name__,
             )
-        finally:
-            self._in_flight -= 1
-        self._keep(record)
+        return self._record(req, step, start, (time.perf_counter() - t) * 1000.0, r)
 
     def _keep(self, record: RequestRecord) -> None:
         self.records.append(record)
@@ -258,17 +270,23 @@ class LoadRunner:
             "size": len(r.content),
         }
         if r.is_success:
+            if req.is_write:
+                return RequestRecord(**base, outcome="ok", write=req.write)
             timings, degraded = None, ()
-            if not req.is_feedback:
-                with contextlib.suppress(ValueError, AttributeError):
-                    body = r.json()
-                    timings = {k: float(v) for k, v in (body.get("timings_ms") or {}).items()}
-                    degraded = tuple(body.get("degraded") or ())
+            with contextlib.suppress(ValueError, AttributeError):
+                body = r.json()
+                timings = {k: float(v) for k, v in (body.get("timings_ms") or {}).items()}
+                degraded = tuple(body.get("degraded") or ())
             return RequestRecord(**base, outcome="ok", timings=timings, degraded=degraded)
-        if req.is_feedback and r.status_code in (404, 405) and not _is_api_error(r):
+        if req.is_write and r.status_code in (404, 405) and not _is_api_error(r):
             self.picker.disable(req.name)
             return RequestRecord(**base, outcome="unsupported", error="not supported")
-        return RequestRecord(**base, outcome="error", error=f"HTTP {r.status_code}")
+        return RequestRecord(
+            **base,
+            outcome="error",
+            error=f"HTTP {r.status_code}",
+            retry_after="retry-after" in r.headers,
+        )
 
     # -- closed loop ----------------------------------------------------------------------
 
@@ -465,6 +483,11 @@ class LoadRunner:
             client_cpu_percent=100.0 * (time.process_time() - cpu0) / wall,
             host_load=sum(self._load) / len(self._load) if self._load else os.getloadavg()[0],
         )
+
+
+def _retryable(record: RequestRecord) -> bool:
+    """A failure a client would try once more: no answer, 429 or a 5xx."""
+    return record.outcome == "error" and (record.status in (0, 429) or record.status >= 500)
 
 
 def _is_api_error(r: httpx.Response) -> bool:

@@ -32,7 +32,7 @@ __all__ = [
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 
-TaskKind = Literal["user", "history", "query", "user_query", "feedback"]
+TaskKind = Literal["user", "history", "query", "user_query", "feedback", "upsert"]
 
 
 class _Strict(BaseModel):
@@ -44,7 +44,8 @@ class TaskSpec(_Strict):
 
     kind: TaskKind
     """user: by user id; history: by a recent history; query: free text;
-    user_query: user id plus free text; feedback: `POST /v1/feedback`."""
+    user_query: user id plus free text; feedback: `POST /v1/feedback`; upsert: `POST
+    /v1/items` with one new item (its id recorded, so what was acknowledged can be re-read)."""
     weight: float = Field(1.0, ge=0)
     """Relative frequency; 0 keeps the task listed but never sent."""
     name: str | None = None
@@ -64,8 +65,8 @@ class TaskSpec(_Strict):
     def label(self) -> str:
         if self.name:
             return self.name
-        if self.kind == "feedback":
-            return "feedback"
+        if self.kind in ("feedback", "upsert"):
+            return self.kind
         flags = "".join(f"+{f}" for f in ("rerank", "explain") if getattr(self, f))
         return f"recommend:{self.kind}{flags}"
 
@@ -106,6 +107,9 @@ class Scenario(_Strict):
     session_requests: int = Field(10, ge=1)
     """Closed loop: a simulated user keeps one user id for this many requests, then
     another person takes the seat (so traffic covers many ids, not `users` of them)."""
+    retry_failed: bool = False
+    """Send a request that failed (5xx, 429 or no answer) once more at once, as a client
+    with one retry would; the record keeps the first outcome and the retry's."""
     seed: int = 0
     """Random seed of user picks, tasks, think times and arrivals."""
     tasks: list[TaskSpec] = Field(min_length=1)

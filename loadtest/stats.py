@@ -55,6 +55,12 @@ class RequestRecord:
     size: int = 0
     error: str | None = None
     """Why it failed: "HTTP 503", an exception name, or "dropped"."""
+    write: tuple[str, ...] = ()
+    """What the service acknowledged (`PlannedRequest.write`), on a 2xx write."""
+    retry_ok: bool | None = None
+    """With `retry_failed`: whether the one retry of a failed request succeeded."""
+    retry_after: bool = False
+    """Whether the answer carried a `Retry-After` header (every 429/503 of llmrec does)."""
 
     @property
     def end_s(self) -> float:

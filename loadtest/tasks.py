@@ -21,7 +21,12 @@ class PlannedRequest:
     method: str
     path: str
     body: dict[str, Any]
-    is_feedback: bool = False
+    write: tuple[str, ...] = ()
+    """What an acknowledged answer commits: ("item", id) or ("feedback", user, item, ts)."""
+
+    @property
+    def is_write(self) -> bool:
+        return bool(self.write)
 
 
 def build_request(
@@ -36,7 +41,16 @@ def build_request(
             "event": "click",
             "ts": int(time.time()),
         }
-        return PlannedRequest(task.label, "POST", "/v1/feedback", body, is_feedback=True)
+        write = ("feedback", user, body["item_id"], str(body["ts"]))
+        return PlannedRequest(task.label, "POST", "/v1/feedback", body, write=write)
+    if task.kind == "upsert":
+        item_id = f"lt-{rng.getrandbits(64):016x}"
+        text = rng.choice(traffic.queries)
+        item = {"item_id": item_id, "title": f"Load test {item_id[3:11]}", "text": text}
+        if traffic.categories:
+            item["categories"] = [rng.choice(traffic.categories)]
+        body = {"items": [item]}
+        return PlannedRequest(task.label, "POST", "/v1/items", body, write=("item", item_id))
     body = {"k": task.k, "rerank": task.rerank, "explain": task.explain}
     if task.kind in ("user", "user_query"):
         body["user_id"] = user

@@ -51,6 +51,10 @@ class FeedbackLog:
             except OSError as exc:
                 raise Unavailable(f"could not record the event: {exc.strerror or exc}") from exc
 
+    def recorded(self) -> set[tuple[str, str, str]]:
+        """(user, item, ts as text) of every event in the file: what a sender can look for."""
+        return {(e.user_id, e.item_id, str(e.ts)) for e in self.replay()}
+
     def replay(self) -> Iterator[FeedbackEvent]:
         """Every event in the file, oldest first (nothing when there is no file)."""
         for number, line in enumerate(complete_lines(self.path), 1):

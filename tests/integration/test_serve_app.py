@@ -157,3 +157,63 @@ def test_bad_feedback_gets_clear_errors(service, body, status, field):
     r = service.post("/v1/feedback", json=body)
     assert r.status_code == status
     assert r.json()["error"]["field"] == field
+
+
+def test_a_shard_replica_killed_under_load_costs_no_request_and_no_write(
+    service, catalog, demo_dir
+):
+    """`run_chaos` with the real killer: SIGKILL one shard replica of this cluster mid-load."""
+    import asyncio
+    import os
+    import random
+
+    from cluster.faults import ReplicaKiller
+    from deployments.router.feedback import FeedbackLog
+    from loadtest.chaos import ChaosPlan, chaos_report, run_chaos
+    from loadtest.scenario import Scenario, TaskSpec
+    from loadtest.traffic import TrafficData
+
+    rng = random.Random(3)
+    items = sorted(catalog)
+    users = [f"chaos-{n}" for n in range(20)]  # their own users: other tests' histories stay
+    traffic = TrafficData(
+        users=users,
+        histories={u: rng.sample(items, 8) for u in users},
+        items=items,
+        categories=["Western", "Drama"],
+        queries=["a slow-burn space drama about astronauts far from home"],
+    )
+    scenario = Scenario(
+        users=[2],
+        think_time_s=(0.05, 0.1),
+        request_timeout_s=20,
+        tasks=[
+            TaskSpec(kind="user", weight=3),
+            TaskSpec(kind="history", weight=2),
+            TaskSpec(kind="query", weight=2),
+            TaskSpec(kind="feedback", weight=1),
+            TaskSpec(kind="upsert", weight=1),
+        ],
+    )
+    plan = ChaosPlan(duration_s=16, steady_s=5, kill_every_s=60, targets=("ShardRetriever",))
+    feedback = FeedbackLog(demo_dir / "feedback.jsonl")
+    run = asyncio.run(
+        run_chaos(
+            str(service.base_url),
+            scenario,
+            traffic,
+            plan,
+            ReplicaKiller(ancestor=os.getpid()),
+            feedback_recorded=feedback.recorded,
+        )
+    )
+    report = chaos_report(run)
+    for record in run.result.records:  # the shards' change logs are shared with later tests
+        if record.write and record.write[0] == "item":
+            assert service.delete(f"/v1/items/{record.write[1]}").status_code == 200
+
+    assert len(run.kills) == 1 and "ShardRetriever" in run.kills[0].killed, run.kills
+    assert run.kills[0].recovered_s is not None
+    assert report["success_one_retry"] == 1.0, report["errors"]
+    assert report["writes_acknowledged"] > 0 and report["writes_lost"] == 0
+    assert any(d.startswith("shard-") for d in report["degraded_stages"])

@@ -309,6 +309,11 @@ class RouterConfig(_Section):
     max_queued_requests: int = Field(64, ge=-1)
     """Requests the HTTP proxy holds beyond what the router replicas accept (-1: unbounded);
     past it the proxy answers 503 with Retry-After at once instead of letting clients wait."""
+    max_in_flight: int = Field(16, ge=1, le=10_000)
+    """Recommendations one router replica works on at once; more are answered 503 with
+    Retry-After at once rather than sharing a saturated replica until their deadlines pass.
+    About the replica's throughput times the share of a deadline a request may spend
+    waiting (on 2 cores ~30 rps x 0.5 s); keep it below `max_ongoing_requests`."""
     default_deadline_ms: int = Field(5000, ge=10, le=120_000)
     """Deadline of a request that names none."""
     shard_timeout_ms: int = Field(1000, ge=1, le=120_000)

@@ -207,6 +207,7 @@ class RouterCore:
         self.als = als
         self.fusion = fusion if fusion is not None else fusion_from_config(config.router)
         self.histories = histories if histories is not None else {}
+        self.in_flight = 0
         self._popularity = cf.popularity_feature() if cf is not None else None
         f = self.fusion
         # A query states what the user wants now: the cosine to the query-blended profile
@@ -221,9 +222,16 @@ class RouterCore:
         """The answer to `req` (see the module docstring for the stages and their errors).
 
         The deadline counts from `arrived` (`time.perf_counter()` when the
-        request reached the ingress; default now).
+        request reached the ingress; default now). With `router.max_in_flight`
+        requests already in work, `QueueFull` (503 with Retry-After) at once.
         """
-        return (await self.answer(req, arrived)).response
+        if self.in_flight >= self.config.router.max_in_flight:
+            raise QueueFull(f"router at capacity ({self.in_flight} requests in work); retry soon")
+        self.in_flight += 1
+        try:
+            return (await self.answer(req, arrived)).response
+        finally:
+            self.in_flight -= 1
 
     async def answer(self, req: RecommendRequest, arrived: float | None = None) -> Answer:
         """`recommend`, plus each item's `Explanation`."""

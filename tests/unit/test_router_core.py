@@ -236,6 +236,19 @@ async def test_a_dead_or_hung_encoder_costs_the_query_only(world):
     assert time.perf_counter() - started < 1.0 and answer.degraded == ["encoder"]
 
 
+async def test_requests_beyond_max_in_flight_are_refused_at_once(world):
+    config = AppConfig(router=RouterConfig(max_in_flight=2))
+    core = make_core(world, delays=(0.3, 0, 0, 0), config=config, cf=False)
+    busy = [asyncio.create_task(core.recommend(RecommendRequest(query="3"))) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    with pytest.raises(QueueFull, match="capacity"):
+        await core.recommend(RecommendRequest(query="4"))
+    assert time.perf_counter() - started < 0.05
+    assert all(len(a.items) == 10 for a in await asyncio.gather(*busy))
+    assert core.in_flight == 0 and (await core.recommend(RecommendRequest(query="4"))).items
+
+
 async def test_nothing_in_time_is_deadline_exceeded(world):
     core = make_core(world, delays=(0.3,) * 4, cf=False)
     with pytest.raises(DeadlineExceeded):

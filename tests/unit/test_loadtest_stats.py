@@ -222,10 +222,14 @@ def test_locust_csv_has_locust_columns_and_totals(tmp_path: Path):
 
 def test_shipped_scenarios_load_and_keep_feedback_off():
     names = builtin_scenarios()
-    assert {"retrieval", "rerank", "full"} <= set(names)
+    assert {"retrieval", "rerank", "full", "chaos"} <= set(names)
     for name in names:
         sc = load_scenario(name)
-        assert all(t.weight == 0 for t in sc.tasks if t.kind == "feedback"), name
+        if name == "chaos":  # writes are what a chaos run checks are not lost
+            assert {"feedback", "upsert"} <= {t.kind for t in sc.tasks if t.weight > 0}
+            assert sc.retry_failed
+            continue
+        assert all(t.weight == 0 for t in sc.tasks if t.kind in ("feedback", "upsert")), name
     assert not any(t.rerank or t.explain for t in load_scenario("retrieval").tasks)
     assert all(t.rerank for t in load_scenario("rerank").tasks if t.kind != "feedback")
     assert all(t.explain for t in load_scenario("full").tasks if t.kind != "feedback")

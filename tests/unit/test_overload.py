@@ -62,7 +62,7 @@ def test_a_service_that_sheds_load_keeps_its_accepted_requests_within_the_deadli
     report = check(service(slots=4, service_s=0.02, shed=True))
 
     assert report["capacity_rps"] == pytest.approx(200, rel=0.4)  # 4 slots / 20 ms
-    assert report["offered_rps"] == pytest.approx(2 * report["capacity_rps"])
+    assert report["offered_rps"] == pytest.approx(2 * report["capacity_rps"], rel=0.01)
     assert 0.2 < report["refused_share"] < 0.9
     assert report["refused_without_retry_after"] == 0 and report["unanswered"] == 0
     assert report["accepted_p99_within_deadline"] and report["accepted_p99_ms"] < 300

@@ -181,14 +181,18 @@ async def test_a_failing_pass_fails_only_its_own_callers():
     await batcher.close()
 
 
-async def test_a_caller_that_goes_away_does_not_disturb_the_others():
-    batcher = TokenBatcher(FakeModel(delay_s=0.02), BatchPolicy(batch_wait_timeout_s=0.05))
+async def test_a_caller_that_goes_away_is_not_encoded_and_does_not_disturb_the_others():
+    # The router stops waiting at its deadline and Serve cancels the call in the replica:
+    # the queued request is dropped, not run.
+    model = FakeModel(delay_s=0.02)
+    batcher = TokenBatcher(model, BatchPolicy(batch_wait_timeout_s=0.05))
     leaving = asyncio.ensure_future(batcher.submit([7, 7, 7]))
     staying = asyncio.ensure_future(batcher.submit([8, 8]))
     await asyncio.sleep(0)
     leaving.cancel()
     np.testing.assert_array_equal(await staying, vector_of([8, 8]))
     assert leaving.cancelled()
+    assert model.passes == [(1, 2)]  # only [8, 8]: the cancelled request never ran
     await batcher.close()
 
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from cluster.faults import ReplicaKiller
-from loadtest.chaos import ChaosPlan, chaos_report, run_chaos, write_chaos_report
+from loadtest.chaos import ChaosPlan, ChaosRun, chaos_report, run_chaos, write_chaos_report
 from loadtest.scenario import Scenario, TaskSpec
 from loadtest.traffic import TrafficData
 
@@ -82,22 +82,27 @@ def chaos_scenario() -> Scenario:
     )
 
 
-def test_a_chaos_run_kills_on_schedule_and_finds_what_was_lost(tmp_path: Path):
-    service = FlakyService()
-    plan = ChaosPlan(
-        duration_s=3.0, steady_s=0.8, kill_every_s=1.0, targets=("A", "B"), health_poll_s=0.1
-    )
-    run = asyncio.run(
+def chaos_against(service: FlakyService, plan: ChaosPlan, **kwargs) -> ChaosRun:
+    """`run_chaos` of `chaos_scenario` against `service`, which `service.kill` strikes."""
+    return asyncio.run(
         run_chaos(
             "http://127.0.0.1:9",
             chaos_scenario(),
             TrafficData.synthetic(n_users=20, n_items=50),
             plan,
             service.kill,
-            feedback_recorded=lambda: service.events,
             transport=httpx.MockTransport(service),
+            **kwargs,
         )
     )
+
+
+def test_a_chaos_run_kills_on_schedule_and_finds_what_was_lost(tmp_path: Path):
+    service = FlakyService()
+    plan = ChaosPlan(
+        duration_s=3.0, steady_s=0.8, kill_every_s=1.0, targets=("A", "B"), health_poll_s=0.1
+    )
+    run = chaos_against(service, plan, feedback_recorded=lambda: service.events)
     report = chaos_report(run)
 
     assert [k.at_s for k in run.kills] == pytest.approx([0.8, 1.8, 2.8], abs=0.15)
@@ -117,17 +122,7 @@ def test_a_chaos_run_kills_on_schedule_and_finds_what_was_lost(tmp_path: Path):
 
 def test_feedback_without_a_reader_is_counted_unchecked():
     service = FlakyService()
-    plan = ChaosPlan(duration_s=0.5, steady_s=10.0, targets=("A",))
-    run = asyncio.run(
-        run_chaos(
-            "http://127.0.0.1:9",
-            chaos_scenario(),
-            TrafficData.synthetic(n_users=20, n_items=50),
-            plan,
-            service.kill,
-            transport=httpx.MockTransport(service),
-        )
-    )
+    run = chaos_against(service, ChaosPlan(duration_s=0.5, steady_s=10.0, targets=("A",)))
     feedback = sum(r.write[0] == "feedback" for r in run.result.records if r.write)
     assert run.kills == [] and feedback > 0 and run.writes_unchecked == feedback
 

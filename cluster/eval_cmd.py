@@ -40,6 +40,7 @@ from tqdm import tqdm
 from deployments.config import AppConfig, resolve_path
 from deployments.reranker.core import RerankerCore
 from deployments.reranker.prompts import Candidate, PromptContext
+from deployments.retriever.core import search_settings
 from deployments.router.core import RouterCore, fusion_from_config
 from deployments.router.schemas import RecommendRequest
 from retrieval.build import fit_collaborative
@@ -225,7 +226,9 @@ class _World:
 
 def _load_world(cfg: AppConfig) -> _World:
     manifest = load_manifest(cfg.index_path)
-    shards = [Shard.load(cfg.index_path, s) for s in range(manifest.n_shards)]
+    # The search-time knobs the app is deployed with, so the eval measures what is served.
+    settings = search_settings(cfg.retriever)
+    shards = [Shard.load(cfg.index_path, s, settings=settings) for s in range(manifest.n_shards)]
     rows: dict[str, Hit] = {}
     vectors: dict[str, np.ndarray] = {}
     for shard in shards:
@@ -288,6 +291,7 @@ async def _evaluate(
             "split": args.split,
             "depth": args.depth,
             "mode": "served" if args.url else "in-process",
+            "search": dataclasses.asdict(world.shards[0].settings),
             "fusion": fusion.to_json(),
         }
         if tuning is not None:

@@ -78,3 +78,31 @@ def test_eval_tunes_and_the_hybrid_beats_every_single_source(demo_dir, tmp_path)
             assert item["explanation"]
             quoted = set(re.findall(r'"([^"]+)"', item["explanation"]))
             assert quoted <= history | {display_title(item["title"])}, item["explanation"]
+
+
+def test_eval_searches_with_the_settings_the_app_is_deployed_with(demo_dir, tmp_path):
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    serve_config = yaml.safe_load((root / "ray_config.yaml").read_text())
+    args = serve_config["applications"][0]["args"]
+    args.setdefault("retriever", {}).update({"nprobe": 3, "refine_k_factor": 7.0})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(serve_config))
+
+    def searched_with(*config_args: str) -> dict:
+        out = tmp_path / "eval.json"
+        code = main(
+            [
+                *config_args,
+                "eval", "--data", str(demo_dir), "--users", "20",
+                "--rerank-users", "0", "--explain-users", "0",
+                "--json", str(out), "--no-progress",
+            ]
+        )  # fmt: skip
+        assert code == 0
+        return json.loads(out.read_text())["search"]
+
+    changed = searched_with("--config", str(config))
+    assert changed["nprobe"] == 3 and changed["refine_k_factor"] == 7.0
+    assert searched_with()["nprobe"] == 16  # ray_config.yaml's own

@@ -24,6 +24,7 @@ import asyncio
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -235,10 +236,7 @@ def _p99(records: list[RequestRecord]) -> float:
 
 
 def _count(values: Iterable[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return dict(sorted(out.items()))
+    return dict(sorted(Counter(values).items()))
 
 
 def _timeline(records: list[RequestRecord], duration_s: float) -> list[dict[str, float]]:

@@ -14,6 +14,7 @@ their deadline, and how fast refusals came back.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +117,4 @@ def _p(records: list[RequestRecord], q: float) -> float:
 
 
 def _by_status(records: list[RequestRecord]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in records:
-        out[str(r.status)] = out.get(str(r.status), 0) + 1
-    return dict(sorted(out.items()))
+    return dict(sorted(Counter(str(r.status) for r in records).items()))

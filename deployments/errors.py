@@ -17,6 +17,7 @@ __all__ = [
     "QueueFull",
     "Unavailable",
     "BackendFailed",
+    "BackendUnavailable",
     "DeadlineExceeded",
 ]
 
@@ -72,6 +73,14 @@ class QueueFull(Unavailable):
 
 class BackendFailed(LlmrecError):
     status, kind = 502, "backend_failed"
+
+
+class BackendUnavailable(BackendFailed):
+    """A deployment did not answer: its replica died, is being replaced, or its node went.
+
+    Raised only where a call crosses into Ray (the router's handle wrapper); the router
+    skips the stage for it. An exception raised by the deployment's own code is not one.
+    """
 
 
 class DeadlineExceeded(LlmrecError):

@@ -88,8 +88,9 @@ class RerankClient(Protocol):
     is the request's deadline as a `time.time()` value, and the reranker
     neither starts nor keeps running work past it. Failures the router
     degrades on: `BackendFailed` (the engine failed), `QueueFull` (queue
-    full), `DeadlineExceeded` (would not finish in time), and
-    `ConnectionError`/`TimeoutError` from the handle.
+    full), `DeadlineExceeded` (would not finish in time), `BackendUnavailable`
+    (the replica did not answer) and the router's own `TimeoutError`. Anything
+    else is a bug and is not hidden.
     """
 
     async def rerank(
@@ -111,7 +112,9 @@ class RerankClient(Protocol):
 
 
 _ANN, _KNN, _ALS, _POP = range(len(FEATURES))
-_STAGE_ERRORS = (TimeoutError, ConnectionError, BackendFailed, QueueFull, DeadlineExceeded)
+_STAGE_ERRORS = (TimeoutError, BackendFailed, QueueFull, DeadlineExceeded)
+"""What costs a stage (named in `degraded`) instead of the request: the router's own
+timeouts and the project's failure family (`BackendUnavailable` is a `BackendFailed`)."""
 
 
 @dataclass
@@ -343,14 +346,17 @@ class RouterCore:
         bound = min(clock.left(), self.config.router.encode_timeout_ms / 1000.0)
         try:
             return await asyncio.wait_for(task, timeout=max(bound, 0.001))
-        except (TimeoutError, ConnectionError, BackendFailed, QueueFull):
+        except _STAGE_ERRORS:
             degraded.append("encoder")
             return None
 
     async def _gather_shards(
         self, calls: dict[int, Awaitable], clock: _Clock, degraded: list[str]
     ) -> dict[int, object]:
-        """Run per-shard calls concurrently; late or failed shards are named in `degraded`."""
+        """Run per-shard calls concurrently; late or failed shards are named in `degraded`.
+
+        A shard call that raised something outside `_STAGE_ERRORS` (a bug) is raised.
+        """
         tasks = {s: asyncio.ensure_future(c) for s, c in calls.items()}
         if not tasks:
             return {}
@@ -360,7 +366,10 @@ class RouterCore:
             task.cancel()
         results = {}
         for s, task in tasks.items():
-            if task in done and task.exception() is None:
+            error = task.exception() if task in done else None
+            if error is not None and not isinstance(error, _STAGE_ERRORS):
+                raise error
+            if task in done and error is None:
                 results[s] = task.result()
             elif f"shard-{s}" not in degraded:
                 degraded.append(f"shard-{s}")

@@ -5,18 +5,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 
 import numpy as np
 import pyarrow.parquet as pq
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
-from ray.exceptions import RayError
+from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import AppConfig
-from deployments.errors import BackendFailed, LlmrecError, NotFound, QueueFull
+from deployments.errors import (
+    BackendFailed,
+    BackendUnavailable,
+    LlmrecError,
+    NotFound,
+    QueueFull,
+)
 from deployments.router.core import RouterCore
 from deployments.router.feedback import FEEDBACK_FILE, FeedbackLog, apply_event
 from deployments.router.http import (
@@ -48,6 +55,21 @@ async def _llmrec_error(request: Request, exc: LlmrecError) -> Response:
     return error_response(exc)
 
 
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug: logged with its traceback under a reference the answer gives (never the text)."""
+    reference = uuid.uuid4().hex[:12]
+    log.error(
+        "internal error %s on %s %s", reference, request.method, request.url.path, exc_info=exc
+    )
+    router = getattr(request.app.state, "router_metrics", None)
+    if router is not None:
+        router.failed("internal")
+    body = {"error": {"type": "internal", "message": f"internal error (reference {reference})"}}
+    return JSONResponse(body, status_code=500)
+
+
+api.add_exception_handler(Exception, _internal_error)
+
 HEALTH_TIMEOUT_S = 30.0
 
 
@@ -56,9 +78,11 @@ class _Remote:
 
     An `LlmrecError` raised in the replica (Ray re-raises it as an instance of
     its own class) passes through as it is; a full queue (Serve's
-    `BackPressureError`) becomes `QueueFull`; any other Ray failure surfaces
-    as `ConnectionError` naming the deployment only (the Ray details, actor
-    ids and node addresses, go to the log). When the caller stops waiting (its
+    `BackPressureError`) becomes `QueueFull`; any other exception the
+    replica's code raised (`RayTaskError`) is a bug and passes on as it is,
+    to become a logged 500; every other Ray failure (a dead or unreachable
+    replica) becomes `BackendUnavailable` naming the deployment only (the Ray
+    details, actor ids and node addresses, go to the log). When the caller stops waiting (its
     deadline passed, or its client went away) the call is cancelled in the
     replica too: awaiting a Serve response does not cancel it by itself.
     """
@@ -80,9 +104,12 @@ class _Remote:
                 raise
             except BackPressureError as exc:
                 raise QueueFull(f"{name} is at capacity") from exc
+            except RayTaskError:
+                log.exception("%s.%s raised", name, method)
+                raise
             except RayError as exc:
                 log.warning("%s.%s failed: %s", name, method, exc)
-                raise ConnectionError(f"{name} did not answer") from exc
+                raise BackendUnavailable(f"{name} did not answer") from exc
 
         return call
 
@@ -134,10 +161,7 @@ class Router:
         )
 
     async def _encode(self, text: str) -> np.ndarray:
-        try:
-            return await self.encoder.encode(text)
-        except ConnectionError as exc:
-            raise BackendFailed("the encoder did not answer") from exc
+        return await self.encoder.encode(text)
 
     def _owner(self, item_id: str) -> _Remote:
         """The shard that holds (or would hold) `item_id`."""
@@ -152,7 +176,7 @@ class Router:
             found = await asyncio.wait_for(
                 self._owner(item_id).lookup([item_id]), self.config.router.backend_timeout_s
             )
-        except (ConnectionError, TimeoutError) as exc:
+        except (BackendUnavailable, TimeoutError) as exc:
             raise BackendFailed(f"{self._owner_name(item_id)} did not answer") from exc
         if item_id not in found:
             raise NotFound(f"unknown item {item_id!r}", field="item_id")
@@ -164,7 +188,7 @@ class Router:
             deleted = await asyncio.wait_for(
                 self._owner(item_id).delete([item_id]), self.config.router.backend_timeout_s
             )
-        except (ConnectionError, TimeoutError) as exc:
+        except (BackendUnavailable, TimeoutError) as exc:
             raise BackendFailed(f"{self._owner_name(item_id)} did not answer") from exc
         if not deleted:
             raise NotFound(f"unknown item {item_id!r}", field="item_id")
@@ -219,7 +243,7 @@ class Router:
         )
         failed = []
         for s, result in zip(by_shard, results, strict=True):
-            if isinstance(result, ConnectionError):
+            if isinstance(result, BackendUnavailable):
                 failed.append(f"shard-{s}")
             elif isinstance(result, BaseException):
                 raise result

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from deployments.config import AppConfig, RerankerConfig, RouterConfig
-from deployments.errors import DeadlineExceeded, NotFound, QueueFull
+from deployments.errors import BackendUnavailable, DeadlineExceeded, NotFound, QueueFull
 from deployments.reranker.core import Explanation, RerankerCore, RerankOutcome
 from deployments.reranker.prompts import Candidate, PromptContext
 from deployments.router.core import RouterCore, fusion_from_config
@@ -26,19 +26,21 @@ from tests.factories import ScriptedEngine, make_shards
 
 
 class LocalShard:
-    def __init__(self, shard: Shard, delay: float = 0.0, fail: bool = False):
-        self.shard, self.delay, self.fail = shard, delay, fail
+    def __init__(self, shard: Shard, delay: float = 0.0, fail: bool = False, bug: bool = False):
+        self.shard, self.delay, self.fail, self.bug = shard, delay, fail, bug
 
     async def search(self, vector, k, exclude, categories):
         await asyncio.sleep(self.delay)
+        if self.bug:
+            raise KeyError("a bug in the shard, not an outage")
         if self.fail:
-            raise ConnectionError("shard down")
+            raise BackendUnavailable("ShardRetriever-0 did not answer")
         return self.shard.search(vector, k, exclude=exclude, categories=categories)
 
     async def lookup(self, item_ids):
         await asyncio.sleep(self.delay)
         if self.fail:
-            raise ConnectionError("shard down")
+            raise BackendUnavailable("ShardRetriever-0 did not answer")
         return self.shard.lookup(item_ids)
 
 
@@ -62,7 +64,7 @@ class ReverseReranker:
 
 class BrokenReranker(ReverseReranker):
     async def rerank(self, *args):
-        raise ConnectionError("Reranker.rerank: actor died")
+        raise BackendUnavailable("Reranker did not answer")
 
 
 class BuggyReranker(ReverseReranker):
@@ -100,6 +102,7 @@ def make_core(
     fusion=None,
     config=None,
     encode=None,
+    bug=(),
 ):
     vectors, shards, knn = world
 
@@ -107,7 +110,7 @@ def make_core(
         return vectors[int(text)]  # "query" i means "like item i+1"
 
     clients = [
-        LocalShard(s, delay=d, fail=i in fail)
+        LocalShard(s, delay=d, fail=i in fail, bug=i in bug)
         for i, (s, d) in enumerate(zip(shards, delays, strict=True))
     ]
     return RouterCore(
@@ -199,9 +202,11 @@ async def test_late_shard_is_degraded_not_fatal(world):
     assert len(answer.items) == 10
 
 
-async def test_failed_shard_is_degraded(world):
+async def test_failed_shard_is_degraded_and_a_bug_in_one_is_not_hidden(world):
     answer = await make_core(world, fail={1}).recommend(RecommendRequest(query="3", k=5))
     assert answer.degraded == ["shard-1"] and len(answer.items) == 5
+    with pytest.raises(KeyError, match="a bug in the shard"):
+        await make_core(world, bug={2}).recommend(RecommendRequest(query="3", k=5))
 
 
 async def test_a_hung_shard_costs_the_shard_timeout_not_the_whole_deadline(world):
@@ -216,7 +221,7 @@ async def test_a_hung_shard_costs_the_shard_timeout_not_the_whole_deadline(world
 
 async def test_a_dead_or_hung_encoder_costs_the_query_only(world):
     async def dead(text: str) -> np.ndarray:
-        raise ConnectionError("Encoder did not answer")
+        raise BackendUnavailable("Encoder did not answer")
 
     async def hung(text: str) -> np.ndarray:
         await asyncio.sleep(30)

@@ -34,7 +34,7 @@ import httpx
 
 from loadtest.runner import LoadRunner, RunResult
 from loadtest.scenario import Scenario
-from loadtest.stats import RequestRecord, percentile
+from loadtest.stats import RequestRecord, latency_percentile
 from loadtest.traffic import TrafficData
 
 __all__ = ["ChaosPlan", "ChaosRun", "Kill", "chaos_report", "run_chaos", "write_chaos_report"]
@@ -198,12 +198,12 @@ async def _lost_writes(
 
 def chaos_report(run: ChaosRun) -> dict[str, Any]:
     """The numbers of a chaos run (see the module docstring), JSON-ready."""
-    records = [r for r in run.result.records if r.outcome in ("ok", "error")]
+    records = [r for r in run.result.records if r.answered]
     first_kill = run.kills[0].at_s if run.kills else run.plan.duration_s
     steady = [r for r in records if r.start_s < first_kill]
     chaos = [r for r in records if r.start_s >= first_kill]
-    p99_steady = _p99(steady)
-    p99_chaos = _p99(chaos)
+    p99_steady = latency_percentile(steady, 99)
+    p99_chaos = latency_percentile(chaos, 99)
     recovered = [k.recovered_s for k in run.kills if k.recovered_s is not None]
     return {
         "plan": asdict(run.plan),
@@ -231,10 +231,6 @@ def _share(records: list[RequestRecord], keep: Callable[[RequestRecord], bool]) 
     return round(sum(map(keep, records)) / len(records), 5) if records else 0.0
 
 
-def _p99(records: list[RequestRecord]) -> float:
-    return percentile(sorted(r.latency_ms for r in records), 99)
-
-
 def _count(values: Iterable[str]) -> dict[str, int]:
     return dict(sorted(Counter(values).items()))
 
@@ -250,7 +246,7 @@ def _timeline(records: list[RequestRecord], duration_s: float) -> list[dict[str,
             "requests": len(b),
             "success": _share(b, lambda r: r.outcome == "ok"),
             "degraded": _share(b, lambda r: r.outcome == "ok" and bool(r.degraded)),
-            "p99_ms": round(_p99(b), 1),
+            "p99_ms": round(latency_percentile(b, 99), 1),
         }
         for i, b in enumerate(buckets)
     ]

@@ -23,7 +23,7 @@ import httpx
 from loadtest.errors import LoadtestError
 from loadtest.runner import LoadRunner, RunResult
 from loadtest.scenario import Scenario
-from loadtest.stats import RequestRecord, percentile
+from loadtest.stats import RequestRecord, latency_percentile
 from loadtest.traffic import TrafficData
 
 __all__ = ["OverloadRun", "overload_report", "run_overload"]
@@ -87,7 +87,7 @@ def overload_report(run: OverloadRun) -> dict[str, Any]:
     refused = [r for r in records if r.status in _REFUSED]
     unanswered = [r for r in records if r.status == 0]
     other = [r for r in records if r.outcome == "error" and r.status not in (0, *_REFUSED)]
-    p99 = _p(accepted, 99)
+    p99 = latency_percentile(accepted, 99)
     n = max(len(records), 1)
     return {
         "capacity_rps": round(run.capacity_rps, 2),
@@ -102,18 +102,14 @@ def overload_report(run: OverloadRun) -> dict[str, Any]:
         "degraded_share_of_accepted": round(
             sum(bool(r.degraded) for r in accepted) / max(len(accepted), 1), 4
         ),
-        "accepted_p50_ms": round(_p(accepted, 50), 1),
+        "accepted_p50_ms": round(latency_percentile(accepted, 50), 1),
         "accepted_p99_ms": round(p99, 1),
         "deadline_ms": run.deadline_ms,
         "accepted_p99_within_deadline": p99 <= run.deadline_ms,
-        "refused_p99_ms": round(_p(refused, 99), 1),
+        "refused_p99_ms": round(latency_percentile(refused, 99), 1),
         "max_latency_ms": round(max((r.latency_ms for r in records), default=0.0), 1),
         "generator_max_lag_ms": round(run.result.max_lag_ms, 1),
     }
-
-
-def _p(records: list[RequestRecord], q: float) -> float:
-    return percentile(sorted(r.latency_ms for r in records), q)
 
 
 def _by_status(records: list[RequestRecord]) -> dict[str, int]:

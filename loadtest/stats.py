@@ -29,6 +29,7 @@ __all__ = [
     "Outcome",
     "RequestRecord",
     "Summary",
+    "latency_percentile",
     "percentile",
     "recent_window",
     "summarize",
@@ -114,6 +115,11 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def latency_percentile(records: Iterable[RequestRecord], q: float) -> float:
+    """Nearest-rank percentile `q` of the records' latencies (ms); 0.0 when there are none."""
+    return percentile(sorted(r.latency_ms for r in records), q)
 
 
 def _error_key(r: RequestRecord) -> str:

@@ -81,10 +81,11 @@ class _Remote:
     `BackPressureError`) becomes `QueueFull`; any other exception the
     replica's code raised (`RayTaskError`) is a bug and passes on as it is,
     to become a logged 500; every other Ray failure (a dead or unreachable
-    replica) becomes `BackendUnavailable` naming the deployment only (the Ray
-    details, actor ids and node addresses, go to the log). When the caller stops waiting (its
-    deadline passed, or its client went away) the call is cancelled in the
-    replica too: awaiting a Serve response does not cancel it by itself.
+    replica) becomes `BackendUnavailable` naming the deployment only (the
+    Ray details, actor ids and node addresses, go to the log). When the
+    caller stops waiting (its deadline passed, or its client went away) the
+    call is cancelled in the replica too: awaiting a Serve response does not
+    cancel it by itself.
     """
 
     def __init__(self, handle: DeploymentHandle) -> None:
@@ -105,8 +106,7 @@ class _Remote:
             except BackPressureError as exc:
                 raise QueueFull(f"{name} is at capacity") from exc
             except RayTaskError:
-                log.exception("%s.%s raised", name, method)
-                raise
+                raise  # a bug in the replica: the 500 handler logs it, with its reference
             except RayError as exc:
                 log.warning("%s.%s failed: %s", name, method, exc)
                 raise BackendUnavailable(f"{name} did not answer") from exc

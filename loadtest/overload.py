@@ -9,7 +9,8 @@ and refuses the rest at once (503 or 429 with `Retry-After`) rather than
 letting requests queue until they are useless. `overload_report` says how
 it went: the shares accepted, refused (with and without `Retry-After`),
 failed otherwise and never answered; p50/p99 of accepted requests against
-their deadline, and how fast refusals came back.
+their deadline, how fast refusals came back, and the generator's own send lag
+and CPU (near a whole core, the latencies are partly the generator's).
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ def overload_report(run: OverloadRun) -> dict[str, Any]:
         "refused_p99_ms": round(latency_percentile(refused, 99), 1),
         "max_latency_ms": round(max((r.latency_ms for r in records), default=0.0), 1),
         "generator_max_lag_ms": round(run.result.max_lag_ms, 1),
+        "generator_client": run.result.scenario.client,
+        "generator_cpu_percent": round(run.result.client_cpu_percent, 1),
     }
 
 

@@ -28,6 +28,7 @@ from loadtest.scenario import Scenario
 from loadtest.stats import RequestRecord, Summary, recent_window, summarize
 from loadtest.tasks import PlannedRequest, TaskPicker, build_request
 from loadtest.traffic import TrafficData
+from loadtest.transport import AiohttpTransport
 
 __all__ = [
     "LOCAL_HOSTS",
@@ -438,6 +439,10 @@ class LoadRunner:
                 )
             )
 
+    def _default_transport(self, connections: int) -> httpx.AsyncBaseTransport | None:
+        """The scenario's client: aiohttp underneath, or None for httpx's own pool."""
+        return AiohttpTransport(connections) if self.scenario.client == "aiohttp" else None
+
     async def run(self) -> RunResult:
         """Run the warm-up and every load step; returns all records (see RunResult)."""
         sc = self.scenario
@@ -452,7 +457,7 @@ class LoadRunner:
             timeout=sc.request_timeout_s,
             limits=limits,
             trust_env=False,
-            transport=self.transport,
+            transport=self.transport or self._default_transport(concurrency),
         ) as client:
             ticker = asyncio.create_task(self._ticker())
             try:

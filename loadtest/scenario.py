@@ -110,6 +110,10 @@ class Scenario(_Strict):
     retry_failed: bool = False
     """Send a request that failed (5xx, 429 or no answer) once more at once, as a client
     with one retry would; the record keeps the first outcome and the retry's."""
+    client: Literal["aiohttp", "httpx"] = "aiohttp"
+    """What sends the requests: httpx's API over aiohttp's connector (cheap per request, so
+    the generator stays well below the service's cost past its capacity) or httpx's own
+    pool (whose cost per request grows with the connections open)."""
     seed: int = 0
     """Random seed of user picks, tasks, think times and arrivals."""
     tasks: list[TaskSpec] = Field(min_length=1)

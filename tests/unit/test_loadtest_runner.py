@@ -22,6 +22,7 @@ from loadtest.runner import LoadRunner
 from loadtest.scenario import Scenario, TaskSpec
 from loadtest.sweep import Deployed, SweepPoint, run_sweep
 from loadtest.traffic import TrafficData
+from loadtest.transport import AiohttpTransport
 from tests.conftest import free_port
 
 
@@ -263,3 +264,56 @@ def test_cli_measures_a_running_service(fake_url, tmp_path: Path):
 
 def test_cli_refuses_a_remote_url(tmp_path: Path):
     assert llmrec(["loadtest", "--url", "http://192.0.2.1:8000", "--no-progress"]) == 2
+
+
+# -- the aiohttp transport under httpx -----------------------------------------------------
+
+
+async def _both_clients(url: str, method: str, path: str, **kw) -> list[httpx.Response]:
+    answers = []
+    for transport in (AiohttpTransport(4), None):
+        async with httpx.AsyncClient(base_url=url, transport=transport, trust_env=False) as c:
+            answers.append(await c.request(method, path, **kw))
+    return answers
+
+
+def test_aiohttp_transport_answers_as_httpx_does(fake_url):
+    configure(fake_url, replicas=4, service_ms=2)
+    for method, path, kw in [
+        ("POST", "/v1/recommend", {"json": {"user_id": "u1", "k": 3}}),
+        ("POST", "/v1/recommend", {"json": {}}),  # 422 with an error body
+        ("POST", "/v1/recommend", {"content": b"{not json"}),
+        ("GET", "/v1/nothing", {}),
+    ]:
+        aio, own = asyncio.run(_both_clients(fake_url, method, path, **kw))
+        assert aio.status_code == own.status_code, path
+        assert aio.headers["content-type"] == own.headers["content-type"]
+        body, expected = aio.json(), own.json()
+        if "request_id" in expected:  # fresh per answer; timings vary
+            assert [i["item_id"] for i in body["items"]] == ["1", "2", "3"]
+        else:
+            assert body == expected
+    assert server_stats(fake_url)["requests"]["/v1/recommend"] == 6
+
+
+def test_aiohttp_transport_raises_httpx_errors(fake_url):
+    async def get(url: str, timeout: float) -> None:
+        async with httpx.AsyncClient(transport=AiohttpTransport(2), timeout=timeout) as c:
+            await c.post(f"{url}/v1/recommend", json={"user_id": "u"})
+
+    with pytest.raises(httpx.ConnectError):
+        asyncio.run(get(f"http://127.0.0.1:{free_port()}", 5))
+    configure(fake_url, replicas=1, service_ms=2000)
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            asyncio.run(get(fake_url, 0.2))
+    finally:
+        configure(fake_url, replicas=4, service_ms=2)
+
+
+def test_the_scenario_picks_the_generators_client(traffic):
+    sc = scenario(mode="open", rates_rps=[10], duration_s=1)
+    aio = LoadRunner("http://127.0.0.1:9", sc, traffic)._default_transport(8)
+    assert isinstance(aio, AiohttpTransport) and aio.limit == 8
+    own = LoadRunner("http://127.0.0.1:9", sc.with_overrides(client="httpx"), traffic)
+    assert own._default_transport(8) is None

@@ -13,6 +13,7 @@ from ray.serve import Application
 
 from deployments.config import AppConfig, resolve_path
 from deployments.encoder.deployment import Encoder
+from deployments.errors import QueueFull
 from deployments.retriever.deployment import bind_shard
 from deployments.router.deployment import Router
 from retrieval.shards import load_manifest
@@ -60,5 +61,10 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         num_replicas=rt.num_replicas,
         max_ongoing_requests=rt.max_ongoing_requests,
         max_queued_requests=rt.max_queued_requests,
+        # Past the queue Serve refuses at once, with the same answer as the router's own.
+        backpressure_config={
+            "status_code": QueueFull.status,
+            "retry_after_s": QueueFull.retry_after_s,
+        },
         ray_actor_options={"num_cpus": rt.num_cpus},
     ).bind(cfg.model_dump(), encoder, shards, reranker)

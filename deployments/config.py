@@ -307,8 +307,9 @@ class RouterConfig(_Section):
     max_ongoing_requests: int = Field(256, ge=1)
     """Concurrent requests per router replica (the default 5 throttles a fan-in router)."""
     max_queued_requests: int = Field(64, ge=-1)
-    """Requests the HTTP proxy holds beyond what the router replicas accept (-1: unbounded);
-    past it the proxy answers 503 with Retry-After at once instead of letting clients wait."""
+    """Requests Serve holds for the router replicas beyond `max_ongoing_requests` (-1:
+    unbounded); past it Serve answers 503 with Retry-After at once (as `QueueFull`) instead
+    of letting clients wait."""
     max_in_flight: int = Field(16, ge=1, le=10_000)
     """Recommendations one router replica works on at once; more are answered 503 with
     Retry-After at once rather than sharing a saturated replica until their deadlines pass.

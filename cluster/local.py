@@ -219,16 +219,26 @@ def serve_status(address: str = DASHBOARD) -> dict[str, Any] | None:
         return None
 
 
+def _app_details(status: dict[str, Any] | None, app: str) -> dict[str, Any] | None:
+    return ((status or {}).get("applications") or {}).get(app)
+
+
 def replicas_running(status: dict[str, Any] | None, app: str) -> dict[str, int] | None:
     """RUNNING replicas per deployment of `app` in a `serve status` dict (`serve_status`, or
     `dataclasses.asdict(serve.status())` in a Serve driver); None if the app is absent."""
-    details = ((status or {}).get("applications") or {}).get(app)
+    details = _app_details(status, app)
     if details is None:
         return None
     return {
         name: int((d.get("replica_states") or {}).get("RUNNING", 0))
         for name, d in sorted((details.get("deployments") or {}).items())
     }
+
+
+def app_status(status: dict[str, Any] | None, app: str) -> str | None:
+    """The status of `app` (RUNNING, DEPLOYING, DEPLOY_FAILED, ...) in a `serve status` dict."""
+    details = _app_details(status, app)
+    return None if details is None else details.get("status")
 
 
 def serve_app_configs(address: str = DASHBOARD) -> list[dict[str, Any]]:
@@ -308,12 +318,22 @@ def up(
         )
     _run([_bin("serve"), "deploy", str(rendered), "--address", dashboard])
     url = _http_url(config)
+    app = config["applications"][0]["name"]
     deadline = time.monotonic() + timeout_s
     silent = 0  # consecutive checks with neither the app nor the cluster answering
     while time.monotonic() < deadline:
         status, body = health(url)
+        # While an update rolls out the old replicas still answer /v1/health: ready is
+        # when Serve also says the new version runs.
         if status == 200:
-            return url
+            state = app_status(serve_status(dashboard), app)
+            if state == "RUNNING":
+                return url
+            if state == "DEPLOY_FAILED":
+                raise ClusterError(
+                    f"Serve could not deploy {app!r}; see `serve status` and "
+                    "/tmp/ray/session_latest/logs/serve/"
+                )
         silent = silent + 1 if status == 0 and not _dashboard_answers(dashboard) else 0
         if silent >= CLUSTER_GONE_CHECKS:
             raise ClusterError(

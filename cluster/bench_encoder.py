@@ -44,7 +44,7 @@ from rich.table import Table
 
 from cluster.bench_http import PointResult, run_closed_loop, wait_until_up
 from cluster.local import RAY_START_ENV
-from deployments.config import EncoderConfig
+from retrieval.config import EncoderConfig
 
 __all__ = [
     "FAST_PATHS",

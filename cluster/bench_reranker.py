@@ -46,10 +46,10 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from deployments.config import AppConfig, RerankerConfig, resolve_path
 from deployments.errors import DeadlineExceeded, QueueFull
 from deployments.reranker.core import RerankerCore
 from deployments.reranker.prompts import Candidate, PromptContext
+from retrieval.config import AppConfig, RerankerConfig, resolve_path
 from retrieval.hardware import cpu_flags, cpu_kind
 
 __all__ = ["VARIANTS", "register", "run_bench"]

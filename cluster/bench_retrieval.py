@@ -38,7 +38,6 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
-from deployments.config import RetrieverConfig
 from retrieval.bench import (
     BenchResult,
     Variant,
@@ -51,6 +50,7 @@ from retrieval.bench import (
     recall_at_k,
     synthetic_catalog,
 )
+from retrieval.config import RetrieverConfig
 from retrieval.index_types import INDEX_TYPES, SearchSettings
 from retrieval.merge import merge_top_k
 from retrieval.shards import Manifest, build_shards, load_manifest

@@ -22,7 +22,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from cluster import local  # noqa: E402
-from deployments.config import AppConfig, resolve_path  # noqa: E402
+from retrieval.config import AppConfig, resolve_path  # noqa: E402
 
 console = Console()
 

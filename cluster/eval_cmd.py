@@ -37,7 +37,6 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from deployments.config import AppConfig, resolve_path
 from deployments.reranker.core import RerankerCore
 from deployments.reranker.prompts import Candidate, PromptContext
 from deployments.retriever.core import search_settings
@@ -45,6 +44,7 @@ from deployments.router.core import RouterCore, fusion_from_config
 from deployments.router.schemas import RecommendRequest
 from retrieval.build import fit_collaborative
 from retrieval.collab import AlsModel, ItemKNN
+from retrieval.config import AppConfig, resolve_path
 from retrieval.evaluate import (
     AlsRanker,
     ContentRanker,

@@ -28,7 +28,6 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster import local
-from deployments.config import AppConfig
 from loadtest.errors import LoadtestError
 from loadtest.overload import overload_report, run_overload
 from loadtest.progress import LiveProgress
@@ -37,6 +36,7 @@ from loadtest.runner import check_target
 from loadtest.scenario import Scenario, builtin_scenarios, load_scenario
 from loadtest.sweep import Deployed, PointResult, SweepPoint, parse_sweep, run_sweep
 from loadtest.traffic import TrafficData
+from retrieval.config import AppConfig
 
 __all__ = [
     "ServeDeployer",

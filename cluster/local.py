@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import yaml
 
-from deployments.config import PROJECT_ROOT, AppConfig, resolve_path
+from retrieval.config import PROJECT_ROOT, AppConfig, resolve_path
 
 __all__ = [
     "DEFAULT_CONFIG",

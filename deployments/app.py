@@ -11,11 +11,11 @@ from typing import Any
 
 from ray.serve import Application
 
-from deployments.config import AppConfig, resolve_path
 from deployments.encoder.deployment import Encoder
 from deployments.errors import QueueFull
 from deployments.retriever.deployment import bind_shard
 from deployments.router.deployment import Router
+from retrieval.config import AppConfig, resolve_path
 from retrieval.shards import load_manifest
 
 __all__ = ["build_app"]

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from deployments.config import EncoderConfig
 from deployments.encoder.batching import BatchPolicy, TokenBatcher
 from deployments.errors import InvalidInput
+from retrieval.config import EncoderConfig
 from retrieval.encoder import SentenceEncoder, TokenEncoder
 from retrieval.models import resolve_encoder
 

@@ -21,10 +21,10 @@ from ray.serve import metrics
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deployments.config import EncoderConfig
 from deployments.encoder.core import EncoderCore
 from deployments.encoder.http import embeddings_body, parse_embeddings_request
 from deployments.errors import LlmrecError
+from retrieval.config import EncoderConfig
 
 __all__ = ["Encoder"]
 

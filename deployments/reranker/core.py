@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from deployments.config import RerankerConfig
 from deployments.errors import BackendFailed, DeadlineExceeded, QueueFull
 from deployments.reranker.budget import Admission, EngineCost, Work
 from deployments.reranker.engine import EngineFailed, PromptTooLong, RerankEngine, VllmEngine
@@ -40,6 +39,7 @@ from deployments.reranker.prompts import (
     steer_for,
     template_reason,
 )
+from retrieval.config import RerankerConfig
 from retrieval.models import resolve_llm
 
 __all__ = ["Explanation", "RerankFailed", "RerankOutcome", "RerankerCore"]

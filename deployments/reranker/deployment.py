@@ -8,9 +8,9 @@ from typing import Any
 from ray import serve
 from ray.serve import metrics
 
-from deployments.config import RerankerConfig
 from deployments.reranker.core import Explanation, RerankerCore, RerankOutcome
 from deployments.reranker.prompts import PromptContext
+from retrieval.config import RerankerConfig
 
 __all__ = ["Reranker"]
 

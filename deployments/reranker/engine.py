@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from deployments.config import RerankerConfig
 from deployments.reranker.prompts import LETTERS, Steer, stem
+from retrieval.config import RerankerConfig
 from retrieval.hardware import cpu_flags, select_llm_dtype, usable_cores, vllm_cpu_bind
 
 __all__ = [

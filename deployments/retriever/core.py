@@ -10,7 +10,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from deployments.config import IndexBuildConfig, RetrieverConfig
+from retrieval.config import IndexBuildConfig, RetrieverConfig
 from retrieval.index_types import IndexSpec, SearchSettings
 from retrieval.shards import Hit, IndexIntegrityError, Item, Shard
 

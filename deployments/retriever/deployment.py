@@ -17,8 +17,8 @@ import numpy as np
 from ray import serve
 from ray.serve import Application
 
-from deployments.config import RetrieverConfig
 from deployments.retriever.core import ShardRetrieverCore, split_config
+from retrieval.config import RetrieverConfig
 from retrieval.shards import Hit, Item
 
 __all__ = ["SearchTimer", "ShardRetriever", "bind_shard"]

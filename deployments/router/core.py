@@ -42,7 +42,6 @@ from typing import Protocol
 
 import numpy as np
 
-from deployments.config import AppConfig, RouterConfig
 from deployments.errors import (
     BackendFailed,
     DeadlineExceeded,
@@ -54,6 +53,7 @@ from deployments.reranker.core import Explanation, RerankOutcome
 from deployments.reranker.prompts import Candidate, PromptContext
 from deployments.router.schemas import RecommendedItem, RecommendRequest, RecommendResponse
 from retrieval.collab import AlsModel, ItemKNN
+from retrieval.config import AppConfig, RouterConfig
 from retrieval.fusion import FEATURES, FusionWeights, fuse
 from retrieval.merge import merge_top_k
 from retrieval.profiles import blend_query, user_profile

@@ -16,7 +16,6 @@ from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from deployments.config import AppConfig
 from deployments.errors import (
     BackendFailed,
     BackendUnavailable,
@@ -36,6 +35,7 @@ from deployments.router.http import (
 )
 from deployments.router.metrics import RouterMetrics
 from retrieval.build import item_texts, load_als, load_cf
+from retrieval.config import AppConfig
 from retrieval.fusion import load_fusion
 from retrieval.profiles import histories_from_log
 from retrieval.shards import Hit, Item, shard_of

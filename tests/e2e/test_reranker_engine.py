@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from deployments.config import RerankerConfig
 from deployments.errors import DeadlineExceeded
 from deployments.reranker.core import RerankerCore
 from deployments.reranker.engine import VllmEngine
@@ -24,6 +23,7 @@ from deployments.reranker.prompts import (
     Steer,
     build_rerank_prompt,
 )
+from retrieval.config import RerankerConfig
 from retrieval.hardware import cpu_flags, select_llm_dtype
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]

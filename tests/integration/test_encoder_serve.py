@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from ray import serve
 
-from deployments.config import EncoderConfig
 from deployments.encoder.deployment import Encoder
+from retrieval.config import EncoderConfig
 
 APP = "encoder-under-test"
 ROUTE = "/encoder-under-test"

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from deployments.config import AppConfig, EncoderConfig
 from deployments.errors import InvalidInput, PayloadTooLarge, Unauthorized
 from deployments.router.http import check_auth, error_response, parse_recommend, server_timing
+from retrieval.config import AppConfig, EncoderConfig
 
 
 def parse(body: dict, limit: int = 65536):

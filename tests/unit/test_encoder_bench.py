@@ -8,7 +8,7 @@ import pytest
 
 from cluster import bench_encoder
 from cluster.bench_encoder import SERVE_MODES, _encoder_config, _text_maker, print_report
-from deployments.config import PROJECT_ROOT
+from retrieval.config import PROJECT_ROOT
 
 
 def test_request_texts_are_distinct_so_no_cache_can_help():
@@ -111,7 +111,7 @@ async def test_closed_loop_driver_counts_answers_and_failures():
 
 def test_the_reported_fast_path_is_the_one_llmrec_serves(capsys):
     from cluster.bench_encoder import served_fast_path
-    from deployments.config import EncoderConfig
+    from retrieval.config import EncoderConfig
 
     assert served_fast_path(EncoderConfig(engine="onnx")) == "onnx"
     assert served_fast_path(EncoderConfig(engine="torch", precision="bf16")) == "bf16"

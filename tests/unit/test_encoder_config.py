@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from deployments.config import PROJECT_ROOT, AppConfig, EncoderConfig
+from retrieval.config import PROJECT_ROOT, AppConfig, EncoderConfig
 from retrieval.encoder import resolve_precision
 
 

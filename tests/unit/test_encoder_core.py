@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployments.config import EncoderConfig
 from deployments.encoder.core import EmbeddingCache, EncoderCore
 from deployments.encoder.http import MAX_INPUTS, embeddings_body, parse_embeddings_request
 from deployments.errors import InvalidInput, PayloadTooLarge
+from retrieval.config import EncoderConfig
 
 
 class TokenizerOnlyEncoder:

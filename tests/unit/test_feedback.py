@@ -8,12 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from deployments.config import AppConfig
 from deployments.errors import InvalidInput, Unavailable
 from deployments.router.deployment import _load_histories
 from deployments.router.feedback import FEEDBACK_FILE, FeedbackLog, apply_event
 from deployments.router.http import parse_feedback
 from deployments.router.schemas import FeedbackEvent
+from retrieval.config import AppConfig
 
 
 def event(user: str, item: str, ts: int = 0) -> FeedbackEvent:

@@ -15,7 +15,6 @@ from cluster.loadtest_cmd import (
     settled,
 )
 from cluster.local import replicas_running
-from deployments.config import AppConfig
 from loadtest.errors import LoadtestError, TargetRefused
 from loadtest.locust_csv import HISTORY_COLUMNS, STATS_COLUMNS, write_locust_csv
 from loadtest.report import build_report, headline_step
@@ -23,6 +22,7 @@ from loadtest.runner import RunResult, check_target
 from loadtest.scenario import Scenario, TaskSpec, builtin_scenarios, load_scenario
 from loadtest.stats import RequestRecord, Summary, percentile, summarize
 from loadtest.sweep import Deployed, PointResult, SweepPoint, parse_sweep
+from retrieval.config import AppConfig
 
 
 def rec(ms: float, status: int = 200, *, start: float = 0.0, step: int = 0, **kw) -> RequestRecord:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from deployments.config import RerankerConfig
 from deployments.errors import BackendFailed, DeadlineExceeded, QueueFull
 from deployments.reranker.budget import Admission, EngineCost, Work
 from deployments.reranker.core import RerankerCore, RerankFailed
 from deployments.reranker.engine import EngineFailed, PromptTooLong, RerankEngine
 from deployments.reranker.prompts import LETTERS, Candidate, PromptContext, Steer
+from retrieval.config import RerankerConfig
 from tests.factories import ScriptedEngine
 
 HISTORY = ["Alien (1979)", "Heat (1995)"]

@@ -13,13 +13,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from deployments.config import AppConfig, RerankerConfig, RouterConfig
 from deployments.errors import BackendUnavailable, DeadlineExceeded, NotFound, QueueFull
 from deployments.reranker.core import Explanation, RerankerCore, RerankOutcome
 from deployments.reranker.prompts import Candidate, PromptContext
 from deployments.router.core import RouterCore, fusion_from_config
 from deployments.router.schemas import RecommendRequest
 from retrieval.collab import AlsModel, ItemKNN
+from retrieval.config import AppConfig, RerankerConfig, RouterConfig
 from retrieval.fusion import FusionWeights
 from retrieval.shards import Shard
 from tests.factories import ScriptedEngine, make_shards

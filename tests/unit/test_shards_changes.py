@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployments.config import RetrieverConfig
 from deployments.retriever.core import ShardRetrieverCore
 from retrieval.bench import make_data, synthetic_catalog
+from retrieval.config import RetrieverConfig
 from retrieval.index_types import IndexSpec, SearchSettings
 from retrieval.merge import merge_top_k
 from retrieval.shards import IndexIntegrityError, Item, Shard, build_shards, load_manifest, shard_of

@@ -50,8 +50,7 @@ from retrieval.bench import (
     recall_at_k,
     synthetic_catalog,
 )
-from retrieval.config import RetrieverConfig
-from retrieval.index_types import INDEX_TYPES, SearchSettings
+from retrieval.config import INDEX_TYPES, RetrieverConfig
 from retrieval.merge import merge_top_k
 from retrieval.shards import Manifest, build_shards, load_manifest
 
@@ -106,7 +105,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _shown_params(manifest: Manifest, settings: SearchSettings) -> dict:
+def _shown_params(manifest: Manifest, settings: RetrieverConfig) -> dict:
     """Build params from the manifest plus the search settings that matter for the type."""
     params = {k: v for k, v in manifest.index_params.items() if k not in ("factory", "train_size")}
     if manifest.index_type == "hnsw":
@@ -239,13 +238,7 @@ async def _bench_variant(
     results = []
     try:
         for settings in variant.settings:
-            cfg = RetrieverConfig(
-                num_cpus=0.1,
-                nprobe=settings.nprobe,
-                ef_search=settings.ef_search,
-                refine_k_factor=settings.refine_k_factor,
-                exact_filter_fraction=settings.exact_filter_fraction,
-            )
+            cfg = settings.model_copy(update={"num_cpus": 0.1})
             # Same shards, new search settings: Serve reconfigures the replicas in place.
             await asyncio.to_thread(_deploy, apps, path, cfg, manifest.dim)
             handles = [serve.get_app_handle(app) for app in apps]

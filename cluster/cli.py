@@ -22,7 +22,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from cluster import local  # noqa: E402
-from retrieval.config import AppConfig, resolve_path  # noqa: E402
+from retrieval.config import INDEX_TYPES, AppConfig, resolve_path  # noqa: E402
 
 console = Console()
 
@@ -92,7 +92,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def build(data_dir: Path, shards: int, cfg: AppConfig, index_type: str | None = None) -> None:
-    from deployments.retriever.core import index_spec
     from retrieval.build import build_index
     from retrieval.encoder import SentenceEncoder
     from retrieval.models import resolve_encoder
@@ -111,7 +110,9 @@ def build(data_dir: Path, shards: int, cfg: AppConfig, index_type: str | None = 
         encoder,
         n_shards=shards,
         batch_size=enc.build_batch_size,
-        index=index_spec(cfg.retriever.index, index_type),
+        index=cfg.retriever.index.model_copy(
+            update={"type": index_type or cfg.retriever.index.type}
+        ),
     )
     params = {k: v for k, v in manifest.index_params.items() if k != "factory"}
     console.print(
@@ -321,7 +322,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--shards", type=int, default=4)
     s.add_argument(
         "--index",
-        choices=["auto", "flat", "hnsw", "ivfsq", "ivfpq"],
+        choices=["auto", *INDEX_TYPES],
         help="index type per shard (default: retriever.index.type in the config, `auto`: "
         "exact up to 100k items per shard, else ivfsq); its params come from retriever.index",
     )

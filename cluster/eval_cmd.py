@@ -39,12 +39,11 @@ from tqdm import tqdm
 
 from deployments.reranker.core import RerankerCore
 from deployments.reranker.prompts import Candidate, PromptContext
-from deployments.retriever.core import search_settings
-from deployments.router.core import RouterCore, fusion_from_config
+from deployments.router.core import RouterCore
 from deployments.router.schemas import RecommendRequest
 from retrieval.build import fit_collaborative
 from retrieval.collab import AlsModel, ItemKNN
-from retrieval.config import AppConfig, resolve_path
+from retrieval.config import SEARCH_KNOBS, AppConfig, resolve_path
 from retrieval.evaluate import (
     AlsRanker,
     ContentRanker,
@@ -227,7 +226,7 @@ class _World:
 def _load_world(cfg: AppConfig) -> _World:
     manifest = load_manifest(cfg.index_path)
     # The search-time knobs the app is deployed with, so the eval measures what is served.
-    settings = search_settings(cfg.retriever)
+    settings = cfg.retriever
     shards = [Shard.load(cfg.index_path, s, settings=settings) for s in range(manifest.n_shards)]
     rows: dict[str, Hit] = {}
     vectors: dict[str, np.ndarray] = {}
@@ -283,7 +282,7 @@ async def _evaluate(
             console.print(f"tuned fusion weights → {path}")
         else:
             stored = load_fusion(cfg.index_path) if cfg.router.use_tuned_fusion else None
-            fusion = stored or fusion_from_config(cfg.router)
+            fusion = stored or FusionWeights.from_config(cfg.router)
         cf, als = fit_collaborative(split.train, item_ids)
         result: dict[str, Any] = {
             "k": args.k,
@@ -291,7 +290,7 @@ async def _evaluate(
             "split": args.split,
             "depth": args.depth,
             "mode": "served" if args.url else "in-process",
-            "search": dataclasses.asdict(world.shards[0].settings),
+            "search": world.shards[0].settings.model_dump(include=SEARCH_KNOBS),
             "fusion": fusion.to_json(),
         }
         if tuning is not None:

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from retrieval.index_types import IndexSpec, SearchSettings
+from retrieval.config import IndexBuildConfig, RetrieverConfig
 from retrieval.shards import load_manifest
 
 __all__ = [
@@ -148,44 +148,44 @@ class Variant:
     """One index build and the search settings to measure on it."""
 
     name: str
-    spec: IndexSpec
-    settings: list[SearchSettings]
+    spec: IndexBuildConfig
+    settings: list[RetrieverConfig]
 
 
 def default_variants(types: Sequence[str], dim: int) -> list[Variant]:
     """The index builds and settings `llmrec bench retrieval` shows, for the given types."""
     pq_small, pq_large = dim // 8, dim // 4
     table = {
-        "flat": [Variant("flat", IndexSpec(type="flat"), [SearchSettings()])],
+        "flat": [Variant("flat", IndexBuildConfig(type="flat"), [RetrieverConfig()])],
         "hnsw": [
             Variant(
                 "hnsw",
-                IndexSpec(type="hnsw", hnsw_m=32, hnsw_ef_construction=80),
-                [SearchSettings(ef_search=ef) for ef in (16, 32, 64, 128)],
+                IndexBuildConfig(type="hnsw", hnsw_m=32, hnsw_ef_construction=80),
+                [RetrieverConfig(ef_search=ef) for ef in (16, 32, 64, 128)],
             )
         ],
         "ivfsq": [
             Variant(
                 "ivfsq",
-                IndexSpec(type="ivfsq", sq_bits=8),
-                [SearchSettings(nprobe=n) for n in (4, 16, 64)],
+                IndexBuildConfig(type="ivfsq", sq_bits=8),
+                [RetrieverConfig(nprobe=n) for n in (4, 16, 64)],
             )
         ],
         "ivfpq": [
             Variant(
                 f"ivfpq{pq_small}",
-                IndexSpec(type="ivfpq", pq_m=pq_small),
-                [SearchSettings(nprobe=16)],
+                IndexBuildConfig(type="ivfpq", pq_m=pq_small),
+                [RetrieverConfig(nprobe=16)],
             ),
             Variant(
                 f"ivfpq{pq_large}",
-                IndexSpec(type="ivfpq", pq_m=pq_large),
-                [SearchSettings(nprobe=16)],
+                IndexBuildConfig(type="ivfpq", pq_m=pq_large),
+                [RetrieverConfig(nprobe=16)],
             ),
             Variant(
                 f"ivfpq{pq_small}+refine",
-                IndexSpec(type="ivfpq", pq_m=pq_small, pq_refine=True),
-                [SearchSettings(nprobe=16, refine_k_factor=f) for f in (8, 16, 32)],
+                IndexBuildConfig(type="ivfpq", pq_m=pq_small, pq_refine=True),
+                [RetrieverConfig(nprobe=16, refine_k_factor=f) for f in (8, 16, 32)],
             ),
         ],
     }

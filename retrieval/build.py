@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from retrieval.collab import AlsModel, ItemKNN
+from retrieval.config import IndexBuildConfig
 from retrieval.encoder import Encoder
-from retrieval.index_types import IndexSpec
 from retrieval.shards import Manifest, build_shards
 
 __all__ = [
@@ -46,7 +46,7 @@ def build_index(
     n_shards: int = 4,
     batch_size: int = 64,
     progress: bool = True,
-    index: IndexSpec | None = None,
+    index: IndexBuildConfig | None = None,
 ) -> Manifest:
     """Encode `data_dir/catalog.parquet` in batches and write `data_dir/index/`.
 
@@ -74,7 +74,7 @@ def build_index(
         data_dir / "index",
         n_shards=n_shards,
         encoder_id=encoder.model_id,
-        index=index or IndexSpec(),
+        index=index or IndexBuildConfig(),
         progress=progress,
     )
     interactions_path = data_dir / "interactions.parquet"

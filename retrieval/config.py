@@ -10,18 +10,35 @@ paths are resolved against the project root (the folder holding
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
+IndexType = Literal["flat", "hnsw", "ivfsq", "ivfpq"]
+INDEX_TYPES: tuple[str, ...] = get_args(IndexType)
+"""The shard index types (retrieval/index_types.py says how each is made and searched)."""
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+Engine = Literal["auto", "torch", "onnx"]
+ENGINES: tuple[str, ...] = get_args(Engine)
+SEARCH_KNOBS = frozenset({"nprobe", "ef_search", "refine_k_factor", "exact_filter_fraction"})
+"""The `RetrieverConfig` fields a shard's search reads (the rest is how the replica runs)."""
+
 __all__ = [
+    "ENGINES",
+    "INDEX_TYPES",
+    "PRECISIONS",
     "PROJECT_ROOT",
+    "SEARCH_KNOBS",
+    "IndexType",
     "AppConfig",
     "EncoderAutoscalingConfig",
     "EncoderConfig",
+    "Engine",
     "IndexBuildConfig",
+    "Precision",
     "RerankerConfig",
     "RetrieverConfig",
     "RouterConfig",
@@ -69,10 +86,10 @@ class EncoderConfig(_Section):
     """Sentence-transformers model: the offline name above, a local folder or a Hugging Face id."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the forward pass runs; `auto` picks CUDA when the replica sees a GPU."""
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    precision: Precision = "auto"
     """`auto`: fp16 on CUDA, fp32 on CPU. `bf16` on CPU is the fast path (bf16 autocast on
     AVX-512-bf16 CPUs; `llmrec bench encoder` reports its cosine to fp32); fp16 is GPU-only."""
-    engine: Literal["auto", "torch", "onnx"] = "auto"
+    engine: Engine = "auto"
     """Forward-pass runtime. `auto`: ONNX Runtime for fp32 on CPU (the model is exported at start
     and checked against PyTorch to 1e-5; ~2x less CPU per text here), PyTorch otherwise."""
     num_replicas: int = Field(1, ge=1, le=64)
@@ -166,7 +183,7 @@ class EncoderConfig(_Section):
 class IndexBuildConfig(_Section):
     """What `llmrec build` writes per shard; recorded in the manifest (`index_type`, params)."""
 
-    type: Literal["auto", "flat", "hnsw", "ivfsq", "ivfpq"] = "auto"
+    type: Literal["auto", IndexType] = "auto"
     """Index per shard; `auto` is exact (flat) up to 100k items per shard, else ivfsq."""
     hnsw_m: int = Field(32, ge=4, le=128)
     """HNSW links per node: ~8*M bytes of graph per vector; more recalls better, builds slower."""

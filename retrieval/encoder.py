@@ -22,9 +22,11 @@ import io
 import logging
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from retrieval.config import ENGINES, PRECISIONS, Engine, Precision
 
 __all__ = [
     "ENGINES",
@@ -41,10 +43,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
-Engine = Literal["auto", "torch", "onnx"]
-ENGINES: tuple[str, ...] = ("auto", "torch", "onnx")
 ONNX_TOLERANCE = 1e-5
 """Largest difference to the PyTorch forward pass the ONNX engine may show on the probes."""
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.config import RouterConfig
+
 __all__ = ["FEATURES", "FUSION_NAME", "FusionWeights", "fuse", "load_fusion", "save_fusion"]
 
 FUSION_NAME = "fusion.json"
@@ -30,22 +32,26 @@ FEATURES = ("ann", "item_knn", "als", "popularity")
 """Column order of candidate feature matrices."""
 
 
+def _router_default(name: str) -> float:
+    return RouterConfig.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class FusionWeights:
     """Weights of the four features, plus the LLM share of the rerank blend.
 
     The defaults are `RouterConfig`'s (`ann_weight`, `cf_weight`, `als_weight`,
-    `popularity_weight`).
+    `popularity_weight`); `from_config` takes a config's values.
 
     `rerank` is `None` when the reranker's own `rerank_weight` applies; 0
     means the LLM cannot change the order, so the router skips the call.
     `tuned` records how the weights were chosen (split, users, NDCG), if they were.
     """
 
-    ann: float = 0.5
-    item_knn: float = 0.25
-    als: float = 1.0
-    popularity: float = 0.1
+    ann: float = _router_default("ann_weight")
+    item_knn: float = _router_default("cf_weight")
+    als: float = _router_default("als_weight")
+    popularity: float = _router_default("popularity_weight")
     rerank: float | None = None
     tuned: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -64,6 +70,16 @@ class FusionWeights:
     def with_features(self, vector: np.ndarray | list[float]) -> FusionWeights:
         """A copy with the four feature weights replaced (same order as `FEATURES`)."""
         return replace(self, **{n: float(v) for n, v in zip(FEATURES, vector, strict=True)})
+
+    @classmethod
+    def from_config(cls, router: RouterConfig) -> FusionWeights:
+        """The weights a router config names (used when no `fusion.json` is given)."""
+        return cls(
+            ann=router.ann_weight,
+            item_knn=router.cf_weight,
+            als=router.als_weight,
+            popularity=router.popularity_weight,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -32,7 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from retrieval.index_types import CHUNK, IndexSpec, ShardIndex, new_index, resolve_index
+from retrieval.config import IndexBuildConfig
+from retrieval.index_types import CHUNK, ShardIndex, new_index, resolve_index
 from retrieval.integrity import (
     IndexIntegrityError,
     fsync_dir,
@@ -177,7 +178,7 @@ def build_shards(
     *,
     n_shards: int,
     encoder_id: str,
-    index: IndexSpec | None = None,
+    index: IndexBuildConfig | None = None,
     progress: bool = False,
     seed: int = 0,
 ) -> Manifest:
@@ -194,7 +195,9 @@ def build_shards(
         raise ValueError("n_shards must be >= 1")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     dim = int(vectors.shape[1])
-    kind, params = resolve_index(index or IndexSpec(type="flat"), len(catalog), n_shards, dim)
+    kind, params = resolve_index(
+        index or IndexBuildConfig(type="flat"), len(catalog), n_shards, dim
+    )
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))

@@ -11,8 +11,10 @@ Four types, all over unit vectors with the inner-product metric, all made by
 | `ivfpq` | `IVF{nlist},PQ{m}x{nbits}` | m B (+8 B) | optional exact re-ranking against the |
 |  |  |  | full vectors, memory-mapped from disk |
 
-`IndexSpec` is the build-time choice (recorded in the manifest), `SearchSettings`
-the search-time knobs (from the serving config, changeable without a reload).
+`retriever.index` (`IndexBuildConfig`) is the build-time choice, recorded in the
+manifest; the search-time knobs (`nprobe`, `ef_search`, `refine_k_factor`,
+`exact_filter_fraction`) are read from the serving `RetrieverConfig` and change
+without a reload.
 Filters come in as a FAISS `IDSelector` over row positions; a selector that
 lets few rows through is answered by an exhaustive scan over those rows, so a
 filtered query still fills k when k rows qualify.
@@ -21,26 +23,22 @@ filtered query still fills k when k rows qualify.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
+from retrieval.config import INDEX_TYPES, IndexBuildConfig, RetrieverConfig
 from retrieval.integrity import IndexIntegrityError, replace_atomically
 
 __all__ = [
     "AUTO_FLAT_MAX_PER_SHARD",
-    "INDEX_TYPES",
-    "IndexSpec",
-    "SearchSettings",
     "ShardIndex",
     "new_index",
     "resolve_index",
 ]
 
-INDEX_TYPES = ("flat", "hnsw", "ivfsq", "ivfpq")
 AUTO_FLAT_MAX_PER_SHARD = 100_000
 """`auto` builds exact shards up to this many items per shard, IVF-SQ8 above."""
 MAX_FILTERED_EF = 1024
@@ -52,47 +50,16 @@ _CLASSES: dict[str, tuple[type, ...]] = {
     "ivfsq": (faiss.IndexIVFScalarQuantizer,),
     "ivfpq": (faiss.IndexIVFPQ,),
 }
-
-
-@dataclass(frozen=True)
-class IndexSpec:
-    """What `llmrec build` writes per shard; `resolve_index` turns it into concrete params.
-
-    `type` is one of INDEX_TYPES or `auto`; `ivf_nlist=0` picks ~2·sqrt(items per
-    shard) lists; `pq_m` is the IVF-PQ code size in bytes (it must divide the
-    dimension); `pq_refine` also keeps the full vectors for exact re-ranking.
-    """
-
-    type: str = "auto"
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 80
-    ivf_nlist: int = 0
-    sq_bits: int = 8
-    pq_m: int = 48
-    pq_nbits: int = 8
-    pq_refine: bool = False
-    train_size: int = 131_072
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """Search-time knobs: IVF lists probed, HNSW beam width, refinement depth, filter cut-over.
-
-    A filtered search whose selector lets through less than
-    `exact_filter_fraction` of a shard's rows scans those rows exhaustively.
-    """
-
-    nprobe: int = 16
-    ef_search: int = 64
-    refine_k_factor: float = 4.0
-    exact_filter_fraction: float = 0.02
+assert set(_CLASSES) == set(INDEX_TYPES), "every index type needs its FAISS classes"
 
 
 def _pow2(x: float) -> int:
     return 1 << max(0, round(math.log2(max(x, 1.0))))
 
 
-def resolve_index(spec: IndexSpec, n_items: int, n_shards: int, dim: int) -> tuple[str, dict]:
+def resolve_index(
+    spec: IndexBuildConfig, n_items: int, n_shards: int, dim: int
+) -> tuple[str, dict]:
     """The concrete index type and its build params (incl. the factory string) for a catalog.
 
     Raises ValueError naming the setting to change when the spec cannot work.
@@ -282,7 +249,7 @@ class ShardIndex:
         return source.reconstruct_batch(rows)
 
     def _params(
-        self, settings: SearchSettings, sel: faiss.IDSelector | None, k: int, fraction: float
+        self, settings: RetrieverConfig, sel: faiss.IDSelector | None, k: int, fraction: float
     ) -> tuple[faiss.SearchParameters | None, list]:
         """Per-call search parameters, widened when a selector rejects part of the shard.
 
@@ -309,7 +276,7 @@ class ShardIndex:
         self,
         query: np.ndarray,
         k: int,
-        settings: SearchSettings,
+        settings: RetrieverConfig,
         sel: faiss.IDSelector | None = None,
         fraction: float = 1.0,
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -328,7 +295,7 @@ class ShardIndex:
         self,
         query: np.ndarray,
         k: int,
-        settings: SearchSettings,
+        settings: RetrieverConfig,
         sel: faiss.IDSelector | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k over every row `sel` lets through (exact scores where full vectors exist).

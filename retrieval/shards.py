@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retrieval.changes import Change, ChangeLog, Item
+from retrieval.config import RetrieverConfig
 from retrieval.index_files import (
     MANIFEST_NAME,
     Manifest,
@@ -36,7 +37,7 @@ from retrieval.index_files import (
     update_manifest,
     write_rows,
 )
-from retrieval.index_types import SearchSettings, ShardIndex
+from retrieval.index_types import ShardIndex
 from retrieval.integrity import IndexIntegrityError, sha256_of
 
 __all__ = [
@@ -120,13 +121,13 @@ class Shard:
         rows: pa.Table,
         *,
         deleted: np.ndarray | None = None,
-        settings: SearchSettings | None = None,
+        settings: RetrieverConfig | None = None,
     ) -> None:
         n = len(rows)
         if base.ntotal != n:
             raise IndexIntegrityError(f"index has {base.ntotal} vectors, items {n}")
         self.dim = base.d
-        self.settings = settings or SearchSettings()
+        self.settings = settings or RetrieverConfig()
         self.snapshot_every = 1000
         self.item_ids: list[str] = rows["item_id"].to_pylist()
         self.titles: list[str] = rows["title"].to_pylist()
@@ -154,7 +155,7 @@ class Shard:
         shard_no: int,
         *,
         expected_dim: int | None = None,
-        settings: SearchSettings | None = None,
+        settings: RetrieverConfig | None = None,
         snapshot_every: int = 1000,
         use_gpu: bool = False,
     ) -> Shard:

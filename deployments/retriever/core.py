@@ -10,31 +10,19 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retrieval.config import IndexBuildConfig, RetrieverConfig
-from retrieval.index_types import IndexSpec, SearchSettings
+from retrieval.config import SEARCH_KNOBS, RetrieverConfig
 from retrieval.shards import Hit, IndexIntegrityError, Item, Shard
 
 __all__ = [
     "SEARCH_TIME_FIELDS",
     "ShardRetrieverCore",
-    "index_spec",
-    "search_settings",
     "split_config",
 ]
 
 log = logging.getLogger(__name__)
 
 PROBE_K = 10
-SEARCH_TIME_FIELDS = frozenset(
-    {
-        "nprobe",
-        "ef_search",
-        "refine_k_factor",
-        "exact_filter_fraction",
-        "snapshot_every",
-        "inline_search_ms",
-    }
-)
+SEARCH_TIME_FIELDS = SEARCH_KNOBS | {"snapshot_every", "inline_search_ms"}
 """RetrieverConfig fields a running shard applies in place (Serve `user_config`)."""
 
 
@@ -47,21 +35,6 @@ def split_config(config: RetrieverConfig) -> tuple[dict, dict]:
     dumped = config.model_dump()
     search = {k: v for k, v in dumped.items() if k in SEARCH_TIME_FIELDS}
     return {k: v for k, v in dumped.items() if k not in SEARCH_TIME_FIELDS}, search
-
-
-def search_settings(config: RetrieverConfig) -> SearchSettings:
-    """The search-time knobs of the serving config."""
-    return SearchSettings(
-        nprobe=config.nprobe,
-        ef_search=config.ef_search,
-        refine_k_factor=config.refine_k_factor,
-        exact_filter_fraction=config.exact_filter_fraction,
-    )
-
-
-def index_spec(config: IndexBuildConfig, index_type: str | None = None) -> IndexSpec:
-    """The build-time index choice of the config, with `index_type` overriding its type."""
-    return IndexSpec(**{**config.model_dump(), "type": index_type or config.type})
 
 
 class ShardRetrieverCore:
@@ -95,7 +68,7 @@ class ShardRetrieverCore:
             self.index_dir,
             self.shard_no,
             expected_dim=self.expected_dim,
-            settings=search_settings(self.config),
+            settings=self.config,
             snapshot_every=self.config.snapshot_every,
             use_gpu=self.config.use_gpu,
         )
@@ -105,7 +78,7 @@ class ShardRetrieverCore:
         self.config = self.config.model_copy(
             update={k: getattr(config, k) for k in SEARCH_TIME_FIELDS}
         )
-        self.shard.settings = search_settings(self.config)
+        self.shard.settings = self.config
         self.shard.snapshot_every = self.config.snapshot_every
 
     def reload(self) -> dict:

@@ -53,7 +53,7 @@ from deployments.reranker.core import Explanation, RerankOutcome
 from deployments.reranker.prompts import Candidate, PromptContext
 from deployments.router.schemas import RecommendedItem, RecommendRequest, RecommendResponse
 from retrieval.collab import AlsModel, ItemKNN
-from retrieval.config import AppConfig, RouterConfig
+from retrieval.config import AppConfig
 from retrieval.fusion import FEATURES, FusionWeights, fuse
 from retrieval.merge import merge_top_k
 from retrieval.profiles import blend_query, user_profile
@@ -65,7 +65,6 @@ __all__ = [
     "RerankClient",
     "RouterCore",
     "ShardClient",
-    "fusion_from_config",
 ]
 
 EncodeFn = Callable[[str], Awaitable[np.ndarray]]
@@ -155,16 +154,6 @@ class _LlmPrompt:
     item_text_chars: int | None = None
 
 
-def fusion_from_config(config: RouterConfig) -> FusionWeights:
-    """The fusion weights `RouterConfig` names (used when no `fusion.json` is given)."""
-    return FusionWeights(
-        ann=config.ann_weight,
-        item_knn=config.cf_weight,
-        als=config.als_weight,
-        popularity=config.popularity_weight,
-    )
-
-
 class _Clock:
     """The request's deadline, counted from `arrived` (a `perf_counter` value; default now)."""
 
@@ -187,7 +176,7 @@ class RouterCore:
 
     `cf` (item-kNN, also the popularity ranking) and `als` are optional; a
     missing model contributes zero to its feature. `fusion` defaults to the
-    weights in `config.router` (see `fusion_from_config`).
+    weights in `config.router` (see `FusionWeights.from_config`).
     """
 
     def __init__(
@@ -208,7 +197,7 @@ class RouterCore:
         self.reranker = reranker
         self.cf = cf
         self.als = als
-        self.fusion = fusion if fusion is not None else fusion_from_config(config.router)
+        self.fusion = fusion if fusion is not None else FusionWeights.from_config(config.router)
         self.histories = histories if histories is not None else {}
         self.in_flight = 0
         self._popularity = cf.popularity_feature() if cf is not None else None

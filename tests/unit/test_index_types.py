@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from retrieval.bench import exact_top_k, make_data, synthetic_catalog
-from retrieval.index_types import IndexSpec, SearchSettings, resolve_index
+from retrieval.config import IndexBuildConfig, RetrieverConfig
+from retrieval.index_types import resolve_index
 from retrieval.merge import merge_top_k
 from retrieval.shards import IndexIntegrityError, Shard, build_shards, load_manifest
 
@@ -21,13 +22,17 @@ SHARDS = 3
 # type -> (build spec, search settings, least recall@10 of the merged shards on this data);
 # 4-bit PQ codes keep codebook training fast here.
 TYPES = {
-    "flat": (IndexSpec(type="flat"), SearchSettings(), 1.0),
-    "hnsw": (IndexSpec(type="hnsw", hnsw_m=16, hnsw_ef_construction=64), SearchSettings(), 0.95),
-    "ivfsq": (IndexSpec(type="ivfsq"), SearchSettings(nprobe=32), 0.95),
-    "ivfpq": (IndexSpec(type="ivfpq", pq_m=8, pq_nbits=4), SearchSettings(nprobe=32), 0.4),
+    "flat": (IndexBuildConfig(type="flat"), RetrieverConfig(), 1.0),
+    "hnsw": (
+        IndexBuildConfig(type="hnsw", hnsw_m=16, hnsw_ef_construction=64),
+        RetrieverConfig(),
+        0.95,
+    ),
+    "ivfsq": (IndexBuildConfig(type="ivfsq"), RetrieverConfig(nprobe=32), 0.95),
+    "ivfpq": (IndexBuildConfig(type="ivfpq", pq_m=8, pq_nbits=4), RetrieverConfig(nprobe=32), 0.4),
     "ivfpq-refine": (
-        IndexSpec(type="ivfpq", pq_m=8, pq_nbits=4, pq_refine=True),
-        SearchSettings(nprobe=32, refine_k_factor=16),
+        IndexBuildConfig(type="ivfpq", pq_m=8, pq_nbits=4, pq_refine=True),
+        RetrieverConfig(nprobe=32, refine_k_factor=16),
         0.95,
     ),
 }
@@ -122,7 +127,7 @@ def test_moderate_filter_with_a_narrow_beam_still_fills_k(built, data):
     """One category in ten, a beam of 2 / one probed list: the short answer falls back."""
     *_, shards, _ = built
     _, queries, _ = data
-    narrow = SearchSettings(nprobe=1, ef_search=2, exact_filter_fraction=0.0)
+    narrow = RetrieverConfig(nprobe=1, ef_search=2, exact_filter_fraction=0.0)
     old = [s.settings for s in shards]
     try:
         for s in shards:
@@ -147,12 +152,12 @@ def test_lookup_returns_the_stored_vector(built, data):
 
 
 def test_nlist_follows_the_catalog_size():
-    kind, params = resolve_index(IndexSpec(type="ivfsq"), 1_000_000, 4, 384)
+    kind, params = resolve_index(IndexBuildConfig(type="ivfsq"), 1_000_000, 4, 384)
     assert (kind, params["nlist"]) == ("ivfsq", 1024)
-    assert resolve_index(IndexSpec(), 2000, 4, 384)[0] == "flat"
-    assert resolve_index(IndexSpec(), 1_000_000, 4, 384)[0] == "ivfsq"
+    assert resolve_index(IndexBuildConfig(), 2000, 4, 384)[0] == "flat"
+    assert resolve_index(IndexBuildConfig(), 1_000_000, 4, 384)[0] == "ivfsq"
     with pytest.raises(ValueError, match="retriever.index.pq_m: 50 does not divide"):
-        resolve_index(IndexSpec(type="ivfpq", pq_m=50), 10_000, 1, 384)
+        resolve_index(IndexBuildConfig(type="ivfpq", pq_m=50), 10_000, 1, 384)
 
 
 # ---- integrity -----------------------------------------------------------------------
@@ -171,7 +176,7 @@ def two_builds(tmp_path, data):
         ivf,
         n_shards=2,
         encoder_id="t",
-        index=IndexSpec(type="ivfpq", pq_m=8, pq_nbits=4),
+        index=IndexBuildConfig(type="ivfpq", pq_m=8, pq_nbits=4),
     )
     return flat, ivf
 
@@ -223,7 +228,7 @@ def test_truncated_index_with_matching_digest_is_refused(two_builds):
 def test_corrupt_vectors_file_is_refused(tmp_path, data):
     items, _, catalog = data
     path = tmp_path / "index"
-    spec = IndexSpec(type="ivfpq", pq_m=8, pq_nbits=4, pq_refine=True)
+    spec = IndexBuildConfig(type="ivfpq", pq_m=8, pq_nbits=4, pq_refine=True)
     build_shards(catalog.slice(0, 1500), items[:1500], path, n_shards=1, encoder_id="t", index=spec)
     target = path / "shard-000.vectors.faiss"
     raw = bytearray(target.read_bytes())
@@ -251,7 +256,11 @@ def test_rows_file_of_other_length_is_refused(two_builds):
 def test_empty_shards_and_tiny_catalogs_build(tmp_path):
     items, _ = make_data(5, 1, DIM)
     cat = synthetic_catalog(5)
-    for spec in (IndexSpec(type="flat"), IndexSpec(type="hnsw"), IndexSpec(type="ivfsq")):
+    for spec in (
+        IndexBuildConfig(type="flat"),
+        IndexBuildConfig(type="hnsw"),
+        IndexBuildConfig(type="ivfsq"),
+    ):
         path = tmp_path / spec.type
         build_shards(cat, items, path, n_shards=8, encoder_id="t", index=spec)
         found = merge_top_k([Shard.load(path, s).search(items[0], 3) for s in range(8)], 3)

@@ -16,7 +16,7 @@ import pytest
 from deployments.errors import BackendUnavailable, DeadlineExceeded, NotFound, QueueFull
 from deployments.reranker.core import Explanation, RerankerCore, RerankOutcome
 from deployments.reranker.prompts import Candidate, PromptContext
-from deployments.router.core import RouterCore, fusion_from_config
+from deployments.router.core import RouterCore
 from deployments.router.schemas import RecommendRequest
 from retrieval.collab import AlsModel, ItemKNN
 from retrieval.config import AppConfig, RerankerConfig, RouterConfig
@@ -432,8 +432,8 @@ async def test_explanations_share_the_rerank_prompt_with_its_lettered_candidates
 
 
 def test_default_fusion_is_the_router_config():
-    assert fusion_from_config(RouterConfig()) == FusionWeights()
-    assert fusion_from_config(RouterConfig(cf_weight=0.9)).item_knn == 0.9
+    assert FusionWeights.from_config(RouterConfig()) == FusionWeights()
+    assert FusionWeights.from_config(RouterConfig(cf_weight=0.9)).item_knn == 0.9
 
 
 async def test_reranker_blends_at_the_weight_the_router_passes():

@@ -12,8 +12,7 @@ import pytest
 
 from deployments.retriever.core import ShardRetrieverCore
 from retrieval.bench import make_data, synthetic_catalog
-from retrieval.config import RetrieverConfig
-from retrieval.index_types import IndexSpec, SearchSettings
+from retrieval.config import IndexBuildConfig, RetrieverConfig
 from retrieval.merge import merge_top_k
 from retrieval.shards import IndexIntegrityError, Item, Shard, build_shards, load_manifest, shard_of
 
@@ -21,12 +20,12 @@ DIM = 16
 N = 1200
 SHARDS = 2
 SPECS = {
-    "flat": IndexSpec(type="flat"),
-    "hnsw": IndexSpec(type="hnsw", hnsw_m=8, hnsw_ef_construction=32),
-    "ivfsq": IndexSpec(type="ivfsq"),
-    "ivfpq-refine": IndexSpec(type="ivfpq", pq_m=4, pq_nbits=4, pq_refine=True),
+    "flat": IndexBuildConfig(type="flat"),
+    "hnsw": IndexBuildConfig(type="hnsw", hnsw_m=8, hnsw_ef_construction=32),
+    "ivfsq": IndexBuildConfig(type="ivfsq"),
+    "ivfpq-refine": IndexBuildConfig(type="ivfpq", pq_m=4, pq_nbits=4, pq_refine=True),
 }
-SETTINGS = SearchSettings(nprobe=64, ef_search=64, refine_k_factor=16)
+SETTINGS = RetrieverConfig(nprobe=64, ef_search=64, refine_k_factor=16)
 
 
 def unit(seed: int) -> np.ndarray:

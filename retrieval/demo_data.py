@@ -2,7 +2,8 @@
 
 The catalog has twelve categories with four sub-themes each; every sub-theme has its own
 vocabulary (who the story is about, where it happens, what it is about) so a sentence encoder
-places items of a sub-theme near each other. Titles carry a release year, and a title used
+places items of a sub-theme near each other; the phrases live in the package data file
+``demo_vocabulary.yaml`` next to this module. Titles carry a release year, and a title used
 twice is a remake from another year. Some works are series ("The Silent Orbit (1994)",
 "The Silent Orbit II (1997)", ...) whose parts share their (category, sub-theme). Item
 popularity is Zipf-like, and a share of the catalog is cold: no one has clicked it yet.
@@ -27,19 +28,26 @@ series (item ids in part order) and the cold items, so relevance can be measured
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import yaml
 
 from retrieval.catalog import CATALOG_SCHEMA, INTERACTIONS_SCHEMA, IngestReport, write_dataset
 
 __all__ = ["DEMO_CATEGORIES", "DEMO_META_FILE", "make_demo_dataset"]
 
 DEMO_META_FILE = "demo_meta.json"
+_VOCABULARY_FILE = "demo_vocabulary.yaml"
+"""Package data file holding every category's title and text vocabulary."""
+_SUBTHEMES_PER_CATEGORY = 4
+"""Sub-themes of every category; the generator draws them by index."""
 
 _DEFAULT_N_ITEMS = 3000
 _DEFAULT_MAX_PER_USER = 2600
@@ -90,558 +98,48 @@ class _Category:
     subthemes: tuple[_SubTheme, ...]
 
 
-def _sub(name: str, subjects: str, settings: str, plots: str, hook: str) -> _SubTheme:
-    """Build a sub-theme from ';'-separated phrase lists (keeps the vocabulary table compact)."""
-    return _SubTheme(
-        name,
-        tuple(s.strip() for s in subjects.split(";")),
-        tuple(s.strip() for s in settings.split(";")),
-        tuple(s.strip() for s in plots.split(";")),
-        hook,
+@functools.cache
+def _vocabulary() -> tuple[_Category, ...]:
+    """The catalog vocabulary, read from the packaged ``demo_vocabulary.yaml`` once per process.
+
+    Raises ``ValueError`` when a category does not have exactly
+    ``_SUBTHEMES_PER_CATEGORY`` sub-themes, since the generator draws sub-themes by index.
+    """
+    text = resources.files("retrieval").joinpath(_VOCABULARY_FILE).read_text(encoding="utf-8")
+    categories = tuple(_category(raw) for raw in yaml.safe_load(text)["categories"])
+    for category in categories:
+        if len(category.subthemes) != _SUBTHEMES_PER_CATEGORY:
+            raise ValueError(
+                f"{_VOCABULARY_FILE}: category {category.name!r} has "
+                f"{len(category.subthemes)} sub-themes, expected {_SUBTHEMES_PER_CATEGORY}"
+            )
+    return categories
+
+
+def _category(raw: dict[str, Any]) -> _Category:
+    """One category entry of the vocabulary file, its phrase lists as tuples."""
+    subthemes = tuple(
+        _SubTheme(
+            sub["name"],
+            tuple(sub["subjects"]),
+            tuple(sub["settings"]),
+            tuple(sub["plots"]),
+            sub["hook"],
+        )
+        for sub in raw["subthemes"]
+    )
+    return _Category(
+        raw["name"],
+        tuple(raw["forms"]),
+        tuple(raw["adjectives"]),
+        tuple(raw["title_adjectives"]),
+        tuple(raw["title_nouns"]),
+        subthemes,
     )
 
 
-_CATALOG_VOCABULARY: tuple[_Category, ...] = (
-    _Category(
-        "Sci-Fi",
-        ("space drama", "science-fiction novel", "sci-fi thriller"),
-        ("slow-burn", "cerebral", "mind-bending", "haunting"),
-        ("Silent", "Distant", "Hollow", "Fading", "Crimson", "Frozen"),
-        ("Orbit", "Horizon", "Signal", "Nebula", "Colony", "Machine"),
-        (
-            _sub(
-                "space exploration",
-                "a lone astronaut; the crew of a deep-space survey ship; a young navigator",
-                "aboard a derelict station orbiting Jupiter; on a generation ship bound for a "
-                "distant star; at the edge of an uncharted nebula",
-                "where a failing life-support system forces impossible choices; racing to decode "
-                "a signal from beyond the solar system; as supplies dwindle between the planets",
-                "drifts into the silence of deep space",
-            ),
-            _sub(
-                "artificial intelligence",
-                "a sentient android; a reclusive robotics engineer; a rogue AI",
-                "in a neon-lit megacity run by algorithms; inside a secret corporate AI lab; in "
-                "a near-future world of thinking machines",
-                "questioning what it means to be human; as machine consciousness awakens and "
-                "rebels; while a superintelligence rewrites its own code",
-                "asks whether machines can feel",
-            ),
-            _sub(
-                "time travel",
-                "a physicist who builds a time machine; a time-displaced soldier; two siblings "
-                "lost in time",
-                "caught in a loop between 1985 and 2085; in a laboratory where the past bleeds "
-                "into the future; jumping between centuries",
-                "trying to undo a catastrophe without breaking the timeline; chasing paradoxes "
-                "across alternate histories; racing a clock that keeps resetting",
-                "bends time with a paradox or two",
-            ),
-            _sub(
-                "dystopia",
-                "a young rebel; a factory worker who starts asking questions; a disillusioned "
-                "enforcer",
-                "in a totalitarian surveillance state; in a walled city after ecological "
-                "collapse; under the rule of a ruthless technocratic regime",
-                "leading an uprising against the ones in power; exposing the lies behind a "
-                "perfect society; fighting to survive rationing, curfews and propaganda",
-                "pushes back against an oppressive regime",
-            ),
-        ),
-    ),
-    _Category(
-        "Romance",
-        ("love story", "romantic drama", "romance novel"),
-        ("tender", "bittersweet", "heartwarming", "swoon-worthy"),
-        ("Summer", "Secret", "Eternal", "Moonlit", "Tender", "Sweet"),
-        ("Kiss", "Heart", "Promise", "Letters", "Dance", "Vow"),
-        (
-            _sub(
-                "period romance",
-                "a headstrong heiress; a penniless duke; a clever governess",
-                "in Regency-era London ballrooms; on a sprawling Victorian country estate; "
-                "during the glittering social season of 1813",
-                "defying family expectations for a forbidden marriage; trading witty letters "
-                "that turn into courtship; torn between duty, scandal and true love",
-                "lets a slow courtship blossom",
-            ),
-            _sub(
-                "second-chance love",
-                "two former high-school sweethearts; a widowed florist; estranged lovers",
-                "in a small coastal town; back in their hometown for one summer; at a lakeside "
-                "wedding",
-                "rekindling a love they thought was lost; learning to open their hearts again "
-                "after heartbreak; facing the feelings they never confessed",
-                "rekindles an old flame",
-            ),
-            _sub(
-                "holiday romance",
-                "a burned-out city lawyer; a lonely travel blogger; a shy bakery owner",
-                "on a sun-drenched Greek island; in a snowy alpine village at Christmas; during "
-                "a whirlwind getaway in Paris",
-                "falling for a charming stranger in a summer fling; finding love where they "
-                "least expected it; sharing a first kiss under the mistletoe",
-                "sparks an unexpected love affair",
-            ),
-            _sub(
-                "star-crossed lovers",
-                "two young lovers from rival families; a musician and a princess; a soldier "
-                "and a nurse",
-                "in a city divided by feuding clans; across a bitter class divide; separated by "
-                "oceans and love letters",
-                "risking everything for a passionate love affair; facing heartbreak, longing and "
-                "sacrifice; whose love is forbidden from the start",
-                "weaves in a forbidden love affair",
-            ),
-        ),
-    ),
-    _Category(
-        "Thriller",
-        ("psychological thriller", "crime thriller", "suspense novel"),
-        ("taut", "twisty", "pulse-pounding", "gripping"),
-        ("Dark", "Buried", "Broken", "Deadly", "Cold", "Blind"),
-        ("Witness", "Alibi", "Trap", "Cipher", "Conspiracy", "Target"),
-        (
-            _sub(
-                "detective mystery",
-                "a hard-boiled homicide detective; a rookie police inspector; a retired "
-                "investigator",
-                "on the rain-soaked streets of a corrupt city; in a quiet village hiding a "
-                "murder; inside a police precinct riddled with secrets",
-                "hunting a serial killer who leaves cryptic clues; solving a locked-room murder; "
-                "following a trail of evidence, suspects and alibis",
-                "hides a murder mystery at its core",
-            ),
-            _sub(
-                "espionage",
-                "a disavowed spy; a double agent; a CIA intelligence analyst",
-                "in Cold War Berlin; across the embassies and safe houses of Europe; deep inside "
-                "a foreign intelligence agency",
-                "racing to stop stolen nuclear codes from being sold; unmasking a mole at the "
-                "heart of the agency; running from assassins who know her every move",
-                "weaves in a tense espionage subplot",
-            ),
-            _sub(
-                "heist",
-                "a crew of expert thieves; a legendary safecracker; a smooth con artist",
-                "planning to rob a casino vault; targeting a diamond exchange in Antwerp; inside "
-                "a heavily guarded bank",
-                "pulling off one last impossible job; when the perfect robbery goes wrong; "
-                "double-crossing each other before the getaway",
-                "builds toward a daring robbery",
-            ),
-            _sub(
-                "psychological suspense",
-                "a woman with no memory of the night before; an unreliable narrator; a paranoid "
-                "husband",
-                "in a suburban house full of secrets; in an isolated cabin during a snowstorm; "
-                "inside a private psychiatric clinic",
-                "as gaslighting and lies blur reality; whose marriage hides a deadly obsession; "
-                "uncovering the truth about a missing sister",
-                "keeps you guessing with mind games",
-            ),
-        ),
-    ),
-    _Category(
-        "Comedy",
-        ("comedy", "comic novel", "sitcom-style comedy"),
-        ("laugh-out-loud", "quirky", "irreverent", "goofy"),
-        ("Awkward", "Big", "Crazy", "Lucky", "Hapless", "Zany"),
-        ("Weekend", "Wedding", "Roommates", "Disaster", "Family", "Vacation"),
-        (
-            _sub(
-                "workplace comedy",
-                "a hapless office manager; a team of clueless coworkers; an overconfident intern",
-                "at a failing paper company; in a chaotic open-plan startup office; during the "
-                "company's disastrous team-building retreat",
-                "bungling every meeting and office prank along the way; scheming to win employee "
-                "of the month; hiding a huge blunder from the boss",
-                "pokes fun at office life",
-            ),
-            _sub(
-                "family comedy",
-                "a chaotic family of six; a frazzled stay-at-home dad; three bickering siblings",
-                "on a cross-country road trip in a battered minivan; during a Thanksgiving "
-                "dinner that goes off the rails; at their grandparents' anniversary party",
-                "where every plan ends in slapstick chaos; learning to laugh at their own "
-                "mishaps; surviving embarrassing relatives and pranks",
-                "adds a dose of family slapstick",
-            ),
-            _sub(
-                "buddy comedy",
-                "two mismatched best friends; a pair of slacker roommates; an uptight accountant "
-                "and a party animal",
-                "on a bachelor weekend gone hilariously wrong; stuck together on a botched road "
-                "trip; hiding out from a loan shark",
-                "getting into one ridiculous scrape after another; bonding over bad decisions and "
-                "worse jokes; trying to recover a lost wedding ring",
-                "throws in a pair of bumbling sidekicks",
-            ),
-            _sub(
-                "satire",
-                "an incompetent politician; a vain celebrity; a clueless tech billionaire",
-                "in an absurd election campaign; in the middle of a media circus; during a "
-                "ludicrous corporate scandal",
-                "lampooning power, fame and greed; skewering modern politics with deadpan wit; "
-                "as spin doctors make everything worse",
-                "skewers its targets with satire",
-            ),
-        ),
-    ),
-    _Category(
-        "Documentary",
-        ("documentary", "documentary series", "nonfiction feature"),
-        ("eye-opening", "investigative", "award-winning", "intimate"),
-        ("Untold", "Inside", "Vanishing", "Real", "Living", "Changing"),
-        ("Truth", "Planet", "Story", "Evidence", "Footage", "Record"),
-        (
-            _sub(
-                "nature and wildlife",
-                "wildlife filmmakers; a marine biologist; migrating herds of wildebeest",
-                "across the Serengeti plains; beneath the coral reefs of the Pacific; in the "
-                "Arctic tundra",
-                "following predators and prey through the seasons; capturing rare animal "
-                "behaviour on camera; documenting the fragile balance of ecosystems",
-                "lingers on stunning wildlife footage",
-            ),
-            _sub(
-                "true crime",
-                "investigative journalists; a wrongly convicted man; the families of the victims",
-                "reexamining a decades-old cold case; inside a small-town courtroom; through "
-                "police archives and interviews",
-                "revealing evidence the jury never heard; piecing together what really happened; "
-                "exposing flaws in the justice system",
-                "draws on real court records and interviews",
-            ),
-            _sub(
-                "climate and environment",
-                "climate scientists; environmental activists; farmers facing drought",
-                "on melting glaciers in Greenland; in communities threatened by rising seas; in "
-                "rainforests cleared for cattle",
-                "measuring the impact of global warming; campaigning for renewable energy and "
-                "conservation; showing how carbon emissions reshape the planet",
-                "raises urgent questions about climate change",
-            ),
-            _sub(
-                "science and discovery",
-                "pioneering physicists; engineers and researchers; the inventors of the internet",
-                "inside the world's largest particle accelerator; at research labs and "
-                "universities; in Silicon Valley garages",
-                "explaining the breakthroughs that changed the world; following the race to "
-                "build quantum computers; interviewing the minds behind the discoveries",
-                "explains the real science behind it",
-            ),
-        ),
-    ),
-    _Category(
-        "Horror",
-        ("horror film", "horror novel", "supernatural chiller"),
-        ("terrifying", "blood-curdling", "eerie", "nightmarish"),
-        ("Haunted", "Cursed", "Wicked", "Rotting", "Black", "Unholy"),
-        ("House", "Ritual", "Curse", "Cellar", "Woods", "Doll"),
-        (
-            _sub(
-                "haunted house",
-                "a grieving family; a paranormal investigator; a young couple",
-                "moving into a decaying Victorian mansion; in a house where the walls whisper at "
-                "night; in an abandoned asylum",
-                "tormented by vengeful ghosts; as a malevolent spirit reveals itself; uncovering "
-                "the bloody history of the previous owners",
-                "has a ghost or two lurking in the shadows",
-            ),
-            _sub(
-                "slasher",
-                "a group of teenagers; summer camp counsellors; the last survivor",
-                "at a remote summer camp; on a night of Halloween parties; in a cabin deep in "
-                "the woods",
-                "stalked by a masked killer with a machete; picked off one by one; fighting to "
-                "survive until dawn",
-                "adds a masked killer to the mix",
-            ),
-            _sub(
-                "demonic possession",
-                "a troubled priest; a possessed child; a reluctant exorcist",
-                "in a remote parish; in a cursed farmhouse; in a crumbling Gothic cathedral",
-                "battling a demon summoned by an occult ritual; performing a desperate exorcism; "
-                "as satanic forces grow stronger",
-                "flirts with the demonic and the occult",
-            ),
-            _sub(
-                "creature feature",
-                "a small fishing town; stranded scientists; a team of cave divers",
-                "on a fog-bound island; in an underground cave system; in a swamp",
-                "hunted by a monstrous creature; as mutated beasts crawl from the depths; facing "
-                "a flesh-eating horror",
-                "unleashes a monstrous creature",
-            ),
-        ),
-    ),
-    _Category(
-        "Animation",
-        ("animated feature", "animated adventure", "cartoon series"),
-        ("colourful", "whimsical", "charming", "family-friendly"),
-        ("Little", "Brave", "Magic", "Tiny", "Jolly", "Sparkling"),
-        ("Dragon", "Bunny", "Kingdom", "Friends", "Balloon", "Acorn"),
-        (
-            _sub(
-                "talking animals",
-                "a curious young fox; a band of talking farm animals; a clumsy penguin",
-                "in an enchanted forest; on a bustling barnyard; in a zoo after closing time",
-                "learning the value of friendship; on a quest to find their way home; singing "
-                "and dancing their way out of trouble",
-                "features a cast of talking animals",
-            ),
-            _sub(
-                "fairy-tale princess",
-                "a spirited princess; a young sorceress; a royal heir",
-                "in a magical kingdom; in a glittering ice palace; beyond the castle walls",
-                "breaking a wicked witch's spell; discovering her hidden magical powers; saving "
-                "the kingdom with courage and song",
-                "sprinkles in fairy-tale magic",
-            ),
-            _sub(
-                "toys come alive",
-                "a group of toys; a tiny cleaning robot; a lost teddy bear",
-                "in a child's bedroom; on a junkyard planet; in a toy store at night",
-                "who come alive when no one is watching; searching for the kid who loved them; "
-                "on a playful adventure to be reunited",
-                "brings toys to life",
-            ),
-            _sub(
-                "anime adventure",
-                "a teenage mecha pilot; a spirited schoolgirl; a young ninja",
-                "in a hand-drawn anime world of floating islands; in a Tokyo haunted by forest "
-                "spirits; in a hidden ninja village",
-                "training to master elemental powers; befriending gentle spirits; battling giant "
-                "robots to save the world",
-                "borrows the style of Japanese anime",
-            ),
-        ),
-    ),
-    _Category(
-        "Western",
-        ("western", "frontier saga", "cowboy drama"),
-        ("dusty", "rugged", "sun-baked", "gritty"),
-        ("Lonesome", "Dusty", "Copper", "Desperate", "Red", "Rawhide"),
-        ("Rider", "Trail", "Gun", "Canyon", "Frontier", "Sheriff"),
-        (
-            _sub(
-                "outlaws and gunslingers",
-                "a notorious outlaw; a vengeful gunslinger; a bounty hunter",
-                "in a lawless frontier town; on the dusty streets of a mining boomtown; across "
-                "the Arizona desert",
-                "facing a high-noon showdown; seeking revenge for his murdered family; hunting "
-                "a gang of bank robbers with a price on their heads",
-                "ends with a high-noon showdown",
-            ),
-            _sub(
-                "cattle ranch",
-                "a weathered cowboy; a widowed rancher; a young cattle hand",
-                "driving longhorns along the Chisholm Trail; on a sprawling Texas ranch; across "
-                "the open range",
-                "defending the herd from rustlers; fighting a greedy land baron for water "
-                "rights; braving stampedes and prairie storms",
-                "rides along with cowboys and cattle",
-            ),
-            _sub(
-                "frontier pioneers",
-                "a family of homesteaders; pioneer women; a wagon train",
-                "on the Oregon Trail; building a homestead on the Great Plains; in a settlement "
-                "in Montana territory",
-                "surviving harsh winters and hardship; carving out a new life in the wild West; "
-                "as the railroad pushes west",
-                "follows pioneers heading west",
-            ),
-            _sub(
-                "frontier lawmen",
-                "a stubborn sheriff; a U.S. marshal; a Texas Ranger",
-                "keeping the peace in a saloon town; tracking fugitives through canyon country; "
-                "in a railroad town",
-                "standing alone against a gang of desperadoes; bringing outlaws to justice; "
-                "protecting townsfolk from hired guns",
-                "pins on a sheriff's badge",
-            ),
-        ),
-    ),
-    _Category(
-        "Cooking",
-        ("cookbook", "cooking show", "food memoir"),
-        ("mouth-watering", "hearty", "delicious", "homestyle"),
-        ("Rustic", "Sweet", "Spicy", "Simple", "Savory", "Homemade"),
-        ("Kitchen", "Table", "Feast", "Oven", "Pantry", "Recipe"),
-        (
-            _sub(
-                "baking and pastry",
-                "a self-taught pastry chef; an artisan baker; a home baker",
-                "in a tiny Parisian patisserie; in a family bakery kitchen; at a village bake-off",
-                "perfecting sourdough bread, croissants and fruit tarts; sharing recipes for "
-                "cakes, cookies and pies; mastering butter, flour and sugar",
-                "comes with a batch of baking recipes",
-            ),
-            _sub(
-                "Italian home cooking",
-                "an Italian grandmother; a Tuscan chef; a fresh pasta maker",
-                "in a farmhouse kitchen in Tuscany; in a trattoria in Naples; at a long Sunday "
-                "family lunch",
-                "handmaking pasta, risotto and tomato sauces; cooking with olive oil, basil and "
-                "garlic; slow-simmering a rich ragù",
-                "serves up Italian pasta dishes",
-            ),
-            _sub(
-                "street food and spice",
-                "a street-food vendor; a chef exploring Asian cuisine; a curry master",
-                "at night markets in Bangkok; on the busy streets of Mumbai; in a hawker centre "
-                "in Singapore",
-                "cooking fiery curries, noodles and dumplings; balancing chilli, ginger and "
-                "lemongrass; grinding homemade spice blends",
-                "is full of spicy street food",
-            ),
-            _sub(
-                "healthy vegetarian",
-                "a plant-based chef; a nutritionist; a vegan cook",
-                "in a sunny farm-to-table kitchen; at a farmers' market; in a vegetable garden",
-                "creating quick, healthy vegetarian meals; cooking seasonal vegetables, grains "
-                "and salads; meal-prepping nutritious grain bowls",
-                "adds healthy vegetarian recipes",
-            ),
-        ),
-    ),
-    _Category(
-        "Travel",
-        ("travel guide", "travelogue", "travel series"),
-        ("breathtaking", "adventurous", "wanderlust-inducing", "scenic"),
-        ("Open", "Far", "Wandering", "Northern", "Blue", "Sunlit"),
-        ("Road", "Journey", "Passport", "Coast", "Map", "Voyage"),
-        (
-            _sub(
-                "backpacking Southeast Asia",
-                "a solo backpacker; two friends on a gap year; a budget traveller",
-                "through Vietnam, Thailand and Cambodia; island-hopping in Indonesia; along the "
-                "Mekong river",
-                "sharing tips on hostels, buses and budget itineraries; finding hidden beaches "
-                "and temples off the tourist trail; trekking through rice terraces",
-                "detours through backpacker hostels in Asia",
-            ),
-            _sub(
-                "European city breaks",
-                "a seasoned travel writer; a couple on a weekend city break; an architecture lover",
-                "in Rome, Prague and Barcelona; across the capitals of Europe by train; in the "
-                "cafés and museums of Vienna",
-                "with guides to landmarks, cafés and museums; mapping the best walking routes "
-                "and neighbourhoods; hunting for hidden squares and local restaurants",
-                "stops off in European cities",
-            ),
-            _sub(
-                "national parks and hiking",
-                "a long-distance hiker; a family in a camper van; a mountain guide",
-                "through Yellowstone, Yosemite and the Rockies; on the trails of Patagonia; in "
-                "Iceland's highlands",
-                "with advice on camping, hiking trails and scenic drives; chasing waterfalls, "
-                "glaciers and the northern lights; sleeping under the stars",
-                "takes a hike through national parks",
-            ),
-            _sub(
-                "luxury resorts and cruises",
-                "a luxury travel critic; honeymooners; retirees on the trip of a lifetime",
-                "aboard a Mediterranean cruise ship; at overwater villas in the Maldives; at "
-                "five-star resorts in the Caribbean",
-                "reviewing spas, suites and fine dining; planning the perfect relaxing getaway; "
-                "ranking the best beach resorts",
-                "checks into a luxury resort",
-            ),
-        ),
-    ),
-    _Category(
-        "Sports",
-        ("sports drama", "sports documentary", "sports biography"),
-        ("inspiring", "hard-hitting", "triumphant", "rousing"),
-        ("Fast", "Unbeaten", "Second", "Winning", "Home", "Golden"),
-        ("Season", "Game", "Victory", "Goal", "Champion", "Match"),
-        (
-            _sub(
-                "football",
-                "an underdog football club; a star striker; a struggling coach",
-                "in a rust-belt town; in the English Premier League; at the World Cup",
-                "chasing an unlikely championship; fighting relegation on the last day of the "
-                "season; scoring the winning goal in stoppage time",
-                "cheers on a football team",
-            ),
-            _sub(
-                "boxing",
-                "a washed-up boxer; a young kickboxer; a mixed martial arts fighter",
-                "in a gritty gym in Philadelphia; training for a title bout; in underground "
-                "fight clubs",
-                "training for the fight of his life; going the distance against the heavyweight "
-                "champion; overcoming injury to step back into the ring",
-                "steps into the boxing ring",
-            ),
-            _sub(
-                "basketball",
-                "a high-school basketball team; an NBA rookie; a streetball legend",
-                "on the courts of inner-city Chicago; in the NBA playoffs; in a small-town gym "
-                "in Indiana",
-                "making a run for the state title; hitting the buzzer-beater shot; learning "
-                "teamwork from a tough coach",
-                "shoots hoops on the basketball court",
-            ),
-            _sub(
-                "Olympic endurance",
-                "a marathon runner; an Olympic swimmer; a road cyclist",
-                "at the Olympic Games; on the roads of the Tour de France; through mountain "
-                "ultramarathons",
-                "pushing past exhaustion for a gold medal; training at dawn for years; racing "
-                "against the clock and a doping scandal",
-                "trains for an Olympic race",
-            ),
-        ),
-    ),
-    _Category(
-        "History",
-        ("historical epic", "history book", "period drama"),
-        ("sweeping", "meticulously researched", "epic", "richly detailed"),
-        ("Ancient", "Fallen", "Imperial", "Forgotten", "Royal", "Iron"),
-        ("Empire", "Crown", "Legion", "Dynasty", "Throne", "Siege"),
-        (
-            _sub(
-                "ancient Rome",
-                "a Roman general; a gladiator; an ambitious senator",
-                "in the Roman Empire; in the Colosseum; during Caesar's wars in Gaul",
-                "as the Republic falls and emperors rise; fighting for freedom in the arena; "
-                "chronicling legions, conquest and betrayal",
-                "reaches back to ancient Rome",
-            ),
-            _sub(
-                "World War II",
-                "an Allied soldier; a French Resistance fighter; Bletchley Park codebreakers",
-                "on the beaches of Normandy in 1944; in occupied Paris; during the Battle of "
-                "Britain",
-                "recounting the battles that ended the war; smuggling refugees past Nazi "
-                "patrols; cracking the Enigma code",
-                "is set against the backdrop of World War II",
-            ),
-            _sub(
-                "medieval kingdoms",
-                "a medieval knight; a Viking chieftain; a young queen",
-                "in a castle during the Hundred Years' War; raiding the coasts of England; in "
-                "feudal Europe",
-                "fighting for the throne in a war of succession; riding out on crusade; amid "
-                "plague, siege and court intrigue",
-                "has knights and castles from the Middle Ages",
-            ),
-            _sub(
-                "age of revolutions",
-                "the Founding Fathers; a revolutionary printer; a Continental Army soldier",
-                "in colonial Boston; at Valley Forge; in Paris during the French Revolution",
-                "declaring independence from the British crown; storming the Bastille; drafting "
-                "a constitution",
-                "revisits the age of revolutions",
-            ),
-        ),
-    ),
-)
-
 DEMO_CATEGORIES: dict[str, tuple[str, ...]] = {
-    c.name: tuple(s.name for s in c.subthemes) for c in _CATALOG_VOCABULARY
+    c.name: tuple(s.name for s in c.subthemes) for c in _vocabulary()
 }
 """Category name → its sub-theme names, as used in ``demo_meta.json``."""
 
@@ -750,6 +248,7 @@ def _activity_counts(rng: np.random.Generator, n_users: int, low: int, high: int
 
 def _make_items(rng: np.random.Generator, n_items: int) -> _Items:
     """Titles, texts and themes of ``n_items`` items; series parts get ascending positions."""
+    vocabulary = _vocabulary()
     titles = [""] * n_items
     texts = [""] * n_items
     categories: list[list[str]] = [[] for _ in range(n_items)]
@@ -762,13 +261,13 @@ def _make_items(rng: np.random.Generator, n_items: int) -> _Items:
         positions = sorted(int(p) for p in slots[start : start + length])
         start += length
         pairs = _draw_pairs(rng)
-        work_titles = _work_titles(rng, _CATALOG_VOCABULARY[pairs[0][0]], length, used)
+        work_titles = _work_titles(rng, vocabulary[pairs[0][0]], length, used)
         for part, position in enumerate(positions):
             titles[position] = work_titles[part]
             texts[position] = _make_text(rng, pairs)
             if part:
                 texts[position] += f" The sequel to {work_titles[part - 1]}."
-            categories[position] = [_CATALOG_VOCABULARY[c].name for c, _ in pairs]
+            categories[position] = [vocabulary[c].name for c, _ in pairs]
             pairs_of[position] = pairs
         if length > 1:
             series.append(positions)
@@ -790,12 +289,12 @@ def _plan_works(rng: np.random.Generator, n_items: int) -> list[int]:
 
 def _draw_pairs(rng: np.random.Generator) -> list[tuple[int, int]]:
     """A main (category, sub-theme) pair and, for some items, a second one of another category."""
-    n_categories = len(_CATALOG_VOCABULARY)
+    n_categories = len(_vocabulary())
     c = int(rng.integers(n_categories))
-    pairs = [(c, int(rng.integers(4)))]
+    pairs = [(c, int(rng.integers(_SUBTHEMES_PER_CATEGORY)))]
     if rng.random() < _SECOND_CATEGORY_SHARE:
         c2 = int((c + rng.integers(1, n_categories)) % n_categories)
-        pairs.append((c2, int(rng.integers(4))))
+        pairs.append((c2, int(rng.integers(_SUBTHEMES_PER_CATEGORY))))
     return pairs
 
 
@@ -835,8 +334,9 @@ def _make_title(rng: np.random.Generator, category: _Category) -> str:
 
 
 def _make_text(rng: np.random.Generator, pairs: list[tuple[int, int]]) -> str:
+    vocabulary = _vocabulary()
     c, s = pairs[0]
-    category = _CATALOG_VOCABULARY[c]
+    category = vocabulary[c]
     theme = category.subthemes[s]
     adjective = _pick(rng, category.adjectives)
     article = "An" if adjective[0] in "aeiou" else "A"
@@ -845,7 +345,7 @@ def _make_text(rng: np.random.Generator, pairs: list[tuple[int, int]]) -> str:
         f"{_pick(rng, theme.settings)}, {_pick(rng, theme.plots)}."
     )
     for c2, s2 in pairs[1:]:
-        text += f" It also {_CATALOG_VOCABULARY[c2].subthemes[s2].hook}."
+        text += f" It also {vocabulary[c2].subthemes[s2].hook}."
     return text
 
 
@@ -860,11 +360,8 @@ def _roman(n: int) -> str:
 
 
 def _pair_meta(pair: tuple[int, int]) -> dict[str, str]:
-    c, s = pair
-    return {
-        "category": _CATALOG_VOCABULARY[c].name,
-        "subtheme": _CATALOG_VOCABULARY[c].subthemes[s].name,
-    }
+    category = _vocabulary()[pair[0]]
+    return {"category": category.name, "subtheme": category.subthemes[pair[1]].name}
 
 
 def _click_model(rng: np.random.Generator, items: _Items, n_cold: int) -> _ClickModel:
@@ -878,10 +375,11 @@ def _click_model(rng: np.random.Generator, items: _Items, n_cold: int) -> _Click
     cold = rng.choice(standalone, size=min(n_cold, standalone.size), replace=False)
     popularity[cold] = 0.0
     warm = popularity > 0
-    pair_pools = _taste_pools(items.pairs, len(_CATALOG_VOCABULARY), warm)
+    n_categories = len(_vocabulary())
+    pair_pools = _taste_pools(items.pairs, n_categories, warm)
     category_pools = {
-        c: np.unique(np.concatenate([pair_pools[(c, s)] for s in range(4)]))
-        for c in range(len(_CATALOG_VOCABULARY))
+        c: np.unique(np.concatenate([pair_pools[(c, s)] for s in range(_SUBTHEMES_PER_CATEGORY)]))
+        for c in range(n_categories)
     }
     return _ClickModel(
         popularity, np.flatnonzero(warm), pair_pools, category_pools, series_of, items.series
@@ -893,7 +391,7 @@ def _taste_pools(
 ) -> dict[tuple[int, int], np.ndarray]:
     """(category, sub-theme) → positions of the warm items carrying that pair."""
     pools: dict[tuple[int, int], list[int]] = {
-        (c, s): [] for c in range(n_categories) for s in range(4)
+        (c, s): [] for c in range(n_categories) for s in range(_SUBTHEMES_PER_CATEGORY)
     }
     for index, pairs in enumerate(item_pairs):
         if warm[index]:
@@ -906,7 +404,7 @@ def _make_interactions(
     rng: np.random.Generator, counts: np.ndarray, model: _ClickModel
 ) -> tuple[pa.Table, dict[str, list[dict[str, Any]]]]:
     """Every user's tastes and click history, as the interactions table and the tastes meta."""
-    all_pairs = [(c, s) for c in range(len(_CATALOG_VOCABULARY)) for s in range(4)]
+    all_pairs = [(c, s) for c in range(len(_vocabulary())) for s in range(_SUBTHEMES_PER_CATEGORY)]
     appeal = 1.0 / (rng.permutation(len(all_pairs)) + 1.0) ** _TASTE_ZIPF_EXPONENT
     users: list[str] = []
     item_rows: list[np.ndarray] = []

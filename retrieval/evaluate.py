@@ -1,7 +1,7 @@
 """Offline evaluation: baselines, running rankers over a split, and weight tuning.
 
 Everything here is Ray-free and takes plain data: a `Split`, ranked lists,
-candidate pools with their fusion features. `llmrec eval` (cluster/eval_cmd.py)
+candidate pools with their fusion features. `llmrec eval` (deployments/evaluation.py)
 wires the served or in-process pipeline to it.
 
 Baselines rank the whole catalog with the user's history excluded:

@@ -14,10 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +24,15 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster import local
+from cluster.sweep_deploy import (
+    APP_NAME,
+    ENCODER,
+    ServeDeployer,
+    local_gpus,
+    logical_cpus_needed,
+    plan_points,
+    restore_app,
+)
 from loadtest.errors import LoadtestError
 from loadtest.overload import overload_report, run_overload
 from loadtest.progress import LiveProgress
@@ -36,31 +41,13 @@ from loadtest.runner import check_target
 from loadtest.scenario import Scenario, builtin_scenarios, load_scenario
 from loadtest.sweep import Deployed, PointResult, SweepPoint, parse_sweep, run_sweep
 from loadtest.traffic import TrafficData
-from retrieval.config import AppConfig
 
-__all__ = [
-    "ServeDeployer",
-    "cmd_loadtest",
-    "logical_cpus_needed",
-    "parse_sets",
-    "plan_points",
-    "register",
-    "settled",
-]
+__all__ = ["cmd_loadtest", "parse_sets", "register"]
 
 console = Console()
 
-APP_NAME = "llmrec"
-ENCODER, RERANKER = "Encoder", "Reranker"
 DEMO_DATA = "data/demo"
 DEFAULT_DASHBOARD = local.DASHBOARD
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
 
 
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
@@ -78,103 +65,6 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def plan_points(
-    axis: str, counts: list[int], cfg: AppConfig, *, gpus_available: bool, encoder_gpu_share: float
-) -> list[tuple[SweepPoint, dict[str, Any]]]:
-    """Each point with its AppConfig overrides.
-
-    Both pools (encoder, and the reranker when enabled) get `n` replicas, fixed (the
-    encoder's autoscaling is turned off for the sweep). With GPUs,
-    `gpus=n` packs one encoder and one reranker replica on each GPU (the encoder takes
-    `encoder_gpu_share` of it), and `replicas=n` keeps the config's `num_gpus` per
-    replica. Without GPUs every replica asks for none and stands in for one GPU.
-    """
-    rerank = cfg.reranker.enabled
-    points = []
-    for n in counts:
-        enc: dict[str, Any] = {"num_replicas": n, "autoscaling": None}
-        rr: dict[str, Any] = {"num_replicas": n}
-        if not gpus_available:
-            enc["num_gpus"] = rr["num_gpus"] = 0
-            gpus: float = n
-        elif axis == "gpus":
-            enc["num_gpus"] = encoder_gpu_share if rerank else 1.0
-            rr["num_gpus"] = 1.0 - encoder_gpu_share
-            gpus = n
-        else:
-            per_replica = cfg.encoder.num_gpus + (cfg.reranker.num_gpus if rerank else 0.0)
-            gpus = n * per_replica if per_replica > 0 else n
-        overrides: dict[str, Any] = {"encoder": enc}
-        if rerank:
-            overrides["reranker"] = rr
-        points.append((SweepPoint(replicas=n, gpus=gpus, label=f"{axis}={n}"), overrides))
-    return points
-
-
-def logical_cpus_needed(cfg: AppConfig, max_replicas: int, n_shards: int) -> int:
-    """Logical CPUs the largest point asks Ray for, with room for a rolling router update."""
-    per_replica = cfg.encoder.num_cpus + (cfg.reranker.num_cpus if cfg.reranker.enabled else 0)
-    router = cfg.router.num_cpus * cfg.router.num_replicas
-    need = max_replicas * per_replica + 2 * router + n_shards * cfg.retriever.num_cpus
-    return max(os.cpu_count() or 2, math.ceil(need + 0.5))
-
-
-def settled(
-    status: dict[str, Any] | None, expected: dict[str, int], since: float, app: str = APP_NAME
-) -> tuple[bool, str]:
-    """Whether `app`, deployed at or after unix time `since`, runs exactly `expected` replicas.
-
-    Returns (settled, what it is waiting for). Raises LoadtestError when the deploy failed.
-    """
-    details = ((status or {}).get("applications") or {}).get(app)
-    if details is None:
-        return False, f"app {app!r} not deployed yet"
-    state = details.get("status")
-    if state in ("DEPLOY_FAILED", "UNHEALTHY"):
-        raise LoadtestError(f"app {app!r} {state}: {str(details.get('message', ''))[:2000]}")
-    if float(details.get("last_deployed_time_s") or 0) < since:
-        return False, "the new config is not applied yet"
-    deployments = details.get("deployments") or {}
-    missing = sorted(set(expected) - set(deployments))
-    if missing:
-        return False, f"waiting for deployments {missing}"
-    waiting = []
-    for name, want in expected.items():
-        states = {k: v for k, v in (deployments[name].get("replica_states") or {}).items() if v}
-        if states != {"RUNNING": want}:
-            waiting.append(f"{name} {states or 'no replicas'} of {want}")
-    if state != "RUNNING" or waiting:
-        return False, f"app {state}; " + ("; ".join(waiting) or "deployments updating")
-    return True, "ready"
-
-
-def _wait_for_replicas(
-    dashboard: str,
-    expected: dict[str, int],
-    since: float,
-    timeout_s: float,
-    notes: Callable[[str], None],
-) -> dict[str, int]:
-    deadline = time.monotonic() + timeout_s
-    what = "no answer from `serve status`"
-    while time.monotonic() < deadline:
-        status = local.serve_status(dashboard)
-        done, what = settled(status, expected, since)
-        if done:
-            return local.replicas_running(status, APP_NAME) or {}
-        notes(f"waiting: {what}")
-        time.sleep(2.0)
-    raise LoadtestError(f"the app did not reach {expected} in {timeout_s:.0f}s ({what})")
-
-
-def _local_gpus() -> int:
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return 0
-    proc = subprocess.run([smi, "-L"], capture_output=True, text=True)
-    return sum(line.startswith("GPU ") for line in proc.stdout.splitlines())
-
-
 class _Notes:
     """Deploy progress as one line that changes in place (or printed lines without a TTY)."""
 
@@ -190,57 +80,6 @@ class _Notes:
             self.live.note(text)
         else:
             console.print(text)
-
-
-class ServeDeployer:
-    """Deploys one sweep point: `serve deploy` of the rendered config, then waits for it."""
-
-    def __init__(
-        self,
-        config: Path,
-        data_dir: Path,
-        base_overrides: dict[str, Any],
-        plan: dict[str, dict[str, Any]],
-        *,
-        rerank: bool,
-        num_cpus: int,
-        dashboard: str,
-        timeout_s: float,
-        notes: _Notes,
-    ) -> None:
-        self.config, self.data_dir = config, data_dir
-        self.base_overrides, self.plan = base_overrides, plan
-        self.rerank, self.num_cpus = rerank, num_cpus
-        self.dashboard, self.timeout_s, self.notes = dashboard, timeout_s, notes
-
-    def __call__(self, point: SweepPoint) -> Deployed:
-        overrides = _merge(self.base_overrides, self.plan[point.label])
-        expected = {ENCODER: point.replicas}
-        if self.rerank:
-            expected[RERANKER] = point.replicas
-        since, t = time.time() - 1.0, time.perf_counter()
-        self.notes(f"{point.label}: deploying {expected}")
-        try:
-            url = local.up(
-                self.config,
-                data_dir=self.data_dir,
-                overrides=overrides,
-                num_cpus=self.num_cpus,
-                timeout_s=self.timeout_s,
-                on_wait=lambda code, body: self.notes(
-                    f"{point.label}: waiting for /v1/health ({code or 'no answer'})"
-                ),
-            )
-            seen = _wait_for_replicas(
-                self.dashboard,
-                expected,
-                since,
-                self.timeout_s,
-                lambda text: self.notes(f"{point.label}: {text}"),
-            )
-        except local.ClusterError as exc:
-            raise LoadtestError(str(exc)) from exc
-        return Deployed(url, seen, time.perf_counter() - t)
 
 
 def _scenario(args: argparse.Namespace) -> Scenario:
@@ -344,23 +183,6 @@ def _run(
             notes.live = None
 
 
-def _restore(config: Path, app_config: dict[str, Any] | None, timeout_s: float) -> None:
-    """Redeploy the app config Serve ran before the sweep (as `serve config` reported it)."""
-    if app_config is None:
-        console.print("no app ran before the sweep; the last point stays deployed")
-        return
-    serve_config = local.load_serve_config(config)
-    serve_config["applications"] = [app_config]
-    path = local.RUN_DIR / "restore_config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(serve_config, sort_keys=False))
-    console.print("redeploying the app config that ran before the sweep")
-    try:
-        local.up(path, timeout_s=timeout_s)
-    except local.ClusterError as exc:
-        console.print(f"[red]could not redeploy it:[/] {exc}")
-
-
 GENERATOR_BUSY_PERCENT = 80.0
 """Past this share of a core the load generator's own queueing shows in the latencies."""
 
@@ -447,7 +269,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
                 "no Ray cluster runs here: start one with `llmrec up` or pass --demo"
             )
         started = resources is None
-        gpus = resources.get("GPU", 0) if resources else _local_gpus()
+        gpus = resources.get("GPU", 0) if resources else local_gpus()
         gpu_standin = not gpus
         plan = plan_points(
             axis,
@@ -490,7 +312,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
                 console.print("stopping the cluster this run started")
                 local.down()
             elif not started:
-                _restore(args.config, before, args.deploy_timeout)
+                restore_app(args.config, before, args.deploy_timeout, console.print)
         url = results[0].deployed.url if results else ""
     if not results:
         raise LoadtestError(f"nothing was measured: {error}")

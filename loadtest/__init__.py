@@ -1,7 +1,8 @@
 """llmrec load tester: scenarios, closed/open-loop generator, sweeps and reports.
 
-Talks to the service only over HTTP (httpx + asyncio). `cluster/loadtest_cmd.py`
-wires it to `llmrec loadtest`, where sweeps redeploy the Serve app per point.
+Talks to the service only over HTTP (httpx's API over aiohttp, asyncio).
+`cluster/loadtest_cmd.py` wires it to `llmrec loadtest`, where sweeps redeploy
+the Serve app per point (`cluster/sweep_deploy.py`).
 """
 
 from loadtest.errors import LoadtestError, TargetRefused

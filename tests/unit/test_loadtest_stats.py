@@ -8,13 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster.loadtest_cmd import (
-    logical_cpus_needed,
-    parse_sets,
-    plan_points,
-    settled,
-)
+from cluster.loadtest_cmd import parse_sets
 from cluster.local import replicas_running
+from cluster.sweep_deploy import logical_cpus_needed, merge_overrides, plan_points, settled
 from loadtest.errors import LoadtestError, TargetRefused
 from loadtest.locust_csv import HISTORY_COLUMNS, STATS_COLUMNS, write_locust_csv
 from loadtest.report import build_report, headline_step
@@ -298,11 +294,9 @@ def test_plan_points_on_cpu_replicas_stand_in_for_gpus():
 
 
 def test_a_sweep_point_has_a_fixed_pool_even_when_the_config_autoscales():
-    from cluster.loadtest_cmd import _merge
-
     cfg = AppConfig.model_validate({"encoder": {"autoscaling": {"max_replicas": 4}}})
     ((_, overrides),) = plan_points("replicas", [2], cfg, gpus_available=False, encoder_gpu_share=0)
-    merged = AppConfig.model_validate(_merge(cfg.model_dump(), overrides))
+    merged = AppConfig.model_validate(merge_overrides(cfg.model_dump(), overrides))
     assert merged.encoder.deployment_options()["num_replicas"] == 2
     assert "autoscaling_config" not in merged.encoder.deployment_options()
 

@@ -1,4 +1,4 @@
-"""The Router Serve deployment: FastAPI ingress wiring HTTP routes to `RouterCore`."""
+"""The Router Serve deployment: FastAPI ingress routing HTTP to `RouterCore` and `ItemStore`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import time
 import uuid
 
 import numpy as np
-import pyarrow.parquet as pq
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
@@ -16,15 +15,9 @@ from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from deployments.errors import (
-    BackendFailed,
-    BackendUnavailable,
-    LlmrecError,
-    NotFound,
-    QueueFull,
-)
+from deployments.errors import BackendUnavailable, LlmrecError, QueueFull
 from deployments.router.core import RouterCore
-from deployments.router.feedback import FEEDBACK_FILE, FeedbackLog, apply_event
+from deployments.router.feedback import FEEDBACK_FILE, FeedbackLog, apply_event, load_histories
 from deployments.router.http import (
     check_auth,
     error_response,
@@ -33,12 +26,11 @@ from deployments.router.http import (
     parse_recommend,
     recommend_response,
 )
+from deployments.router.items import ItemStore
 from deployments.router.metrics import RouterMetrics
-from retrieval.build import item_texts, load_als, load_cf
+from retrieval.build import load_als, load_cf
 from retrieval.config import AppConfig
 from retrieval.fusion import load_fusion
-from retrieval.profiles import histories_from_log
-from retrieval.shards import Hit, Item, shard_of
 
 __all__ = ["Router", "api"]
 
@@ -114,20 +106,6 @@ class _Remote:
         return call
 
 
-def _load_histories(config: AppConfig, feedback: FeedbackLog) -> dict[str, list[str]]:
-    """Histories of the interaction log, then the feedback received since, in order."""
-    path = config.data_path / "interactions.parquet"
-    histories = {}
-    if path.exists():
-        log = pq.read_table(path, columns=["user_id", "item_id", "ts"])
-        histories = histories_from_log(
-            log["user_id"].to_pylist(), log["item_id"].to_pylist(), log["ts"].to_pylist()
-        )
-    for event in feedback.replay():
-        apply_event(histories, event)
-    return histories
-
-
 @serve.deployment
 @serve.ingress(api)
 class Router:
@@ -145,7 +123,8 @@ class Router:
         self.shards = [_Remote(s) for s in shards]
         self.reranker = _Remote(reranker) if reranker is not None else None
         self.feedback = FeedbackLog(self.config.data_path / FEEDBACK_FILE)
-        self.histories = _load_histories(self.config, self.feedback)
+        self.histories = load_histories(self.config, self.feedback)
+        self.items = ItemStore(self.config, encode=self._encode, shards=self.shards)
         self.core = RouterCore(
             self.config,
             encode=self._encode,
@@ -163,36 +142,6 @@ class Router:
     async def _encode(self, text: str) -> np.ndarray:
         return await self.encoder.encode(text)
 
-    def _owner(self, item_id: str) -> _Remote:
-        """The shard that holds (or would hold) `item_id`."""
-        return self.shards[shard_of(item_id, len(self.shards))]
-
-    def _owner_name(self, item_id: str) -> str:
-        return f"shard-{shard_of(item_id, len(self.shards))}"
-
-    async def _find(self, item_id: str) -> Hit:
-        """The stored item from its shard; NotFound (404) when the shard has none."""
-        try:
-            found = await asyncio.wait_for(
-                self._owner(item_id).lookup([item_id]), self.config.router.backend_timeout_s
-            )
-        except (BackendUnavailable, TimeoutError) as exc:
-            raise BackendFailed(f"{self._owner_name(item_id)} did not answer") from exc
-        if item_id not in found:
-            raise NotFound(f"unknown item {item_id!r}", field="item_id")
-        return found[item_id][0]
-
-    async def _delete(self, item_id: str) -> None:
-        """Delete `item_id` from its shard; NotFound (404) when the shard has none."""
-        try:
-            deleted = await asyncio.wait_for(
-                self._owner(item_id).delete([item_id]), self.config.router.backend_timeout_s
-            )
-        except (BackendUnavailable, TimeoutError) as exc:
-            raise BackendFailed(f"{self._owner_name(item_id)} did not answer") from exc
-        if not deleted:
-            raise NotFound(f"unknown item {item_id!r}", field="item_id")
-
     @api.post("/v1/recommend")
     async def recommend(self, request: Request) -> Response:
         arrived = time.perf_counter()
@@ -205,7 +154,7 @@ class Router:
     @api.get("/v1/items/{item_id}")
     async def get_item(self, item_id: str, request: Request) -> Response:
         check_auth(request.headers, self.config.router.api_keys)
-        hit = await self._find(item_id)
+        hit = await self.items.find(item_id)
         return JSONResponse(
             {
                 "item_id": hit.item_id,
@@ -226,39 +175,13 @@ class Router:
         check_auth(request.headers, self.config.router.api_keys)
         rc = self.config.retriever
         req = parse_items(await request.body(), rc.upsert_max_bytes, rc.upsert_max_items)
-        texts = item_texts([i.title for i in req.items], [i.text for i in req.items])
-        vectors = await asyncio.gather(*(self._encode(t) for t in texts))
-        by_shard: dict[int, list[int]] = {}
-        for n, item in enumerate(req.items):
-            by_shard.setdefault(shard_of(item.item_id, len(self.shards)), []).append(n)
-        results = await asyncio.gather(
-            *(
-                self.shards[s].upsert(
-                    [Item(**req.items[n].model_dump()) for n in rows],
-                    np.stack([vectors[n] for n in rows]),
-                )
-                for s, rows in by_shard.items()
-            ),
-            return_exceptions=True,
-        )
-        failed = []
-        for s, result in zip(by_shard, results, strict=True):
-            if isinstance(result, BackendUnavailable):
-                failed.append(f"shard-{s}")
-            elif isinstance(result, BaseException):
-                raise result
-        if failed:
-            raise BackendFailed(
-                f"{', '.join(failed)} did not take the items (the other shards did); "
-                "sending the request again is safe"
-            )
-        return JSONResponse({"upserted": [i.item_id for i in req.items]})
+        return JSONResponse({"upserted": await self.items.upsert(req.items)})
 
     @api.delete("/v1/items/{item_id}")
     async def delete_item(self, item_id: str, request: Request) -> Response:
         """Delete one item from its shard; 404 when no shard has it."""
         check_auth(request.headers, self.config.router.api_keys)
-        await self._delete(item_id)
+        await self.items.delete(item_id)
         return JSONResponse({"deleted": item_id})
 
     @api.post("/v1/feedback")
@@ -269,7 +192,7 @@ class Router:
         """
         check_auth(request.headers, self.config.router.api_keys)
         event = parse_feedback(await request.body(), self.config.router.max_body_bytes)
-        await self._find(event.item_id)
+        await self.items.find(event.item_id)
         await asyncio.to_thread(self.feedback.append, event)
         apply_event(self.histories, event)
         return JSONResponse({"recorded": event.model_dump()})

@@ -6,7 +6,7 @@ router's in-memory history of that user, so the user's next request already
 uses it. At start the router replays the file over the histories read from the
 interaction log; a last line cut short by a crash is dropped with a warning
 (`retrieval.integrity.complete_lines`), every other malformed line is an error
-naming the file and line. Without Ray.
+naming the file and line (`load_histories`). Without Ray.
 """
 
 from __future__ import annotations
@@ -15,11 +15,15 @@ import threading
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from deployments.errors import Unavailable
 from deployments.router.schemas import FeedbackEvent
+from retrieval.config import AppConfig
 from retrieval.integrity import append_durably, complete_lines
+from retrieval.profiles import histories_from_log
 
-__all__ = ["FEEDBACK_FILE", "FeedbackLog", "apply_event"]
+__all__ = ["FEEDBACK_FILE", "FeedbackLog", "apply_event", "load_histories"]
 
 FEEDBACK_FILE = "feedback.jsonl"
 
@@ -65,3 +69,17 @@ class FeedbackLog:
             except ValueError as exc:
                 message = f"{self.path}, line {number}: not a feedback event: {exc}"
                 raise ValueError(message) from exc
+
+
+def load_histories(config: AppConfig, feedback: FeedbackLog) -> dict[str, list[str]]:
+    """Histories of the interaction log, then the feedback received since, in order."""
+    path = config.data_path / "interactions.parquet"
+    histories = {}
+    if path.exists():
+        log = pq.read_table(path, columns=["user_id", "item_id", "ts"])
+        histories = histories_from_log(
+            log["user_id"].to_pylist(), log["item_id"].to_pylist(), log["ts"].to_pylist()
+        )
+    for event in feedback.replay():
+        apply_event(histories, event)
+    return histories

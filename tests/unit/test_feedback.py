@@ -9,8 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from deployments.errors import InvalidInput, Unavailable
-from deployments.router.deployment import _load_histories
-from deployments.router.feedback import FEEDBACK_FILE, FeedbackLog, apply_event
+from deployments.router.feedback import FEEDBACK_FILE, FeedbackLog, apply_event, load_histories
 from deployments.router.http import parse_feedback
 from deployments.router.schemas import FeedbackEvent
 from retrieval.config import AppConfig
@@ -92,5 +91,5 @@ def test_router_histories_are_the_log_then_the_feedback(tmp_path):
     log = FeedbackLog(tmp_path / FEEDBACK_FILE)
     log.append(event("u", "a", 9))
     log.append(event("w", "d", 9))
-    histories = _load_histories(AppConfig(data_dir=str(tmp_path)), log)
+    histories = load_histories(AppConfig(data_dir=str(tmp_path)), log)
     assert histories == {"u": ["b", "a"], "v": ["c"], "w": ["d"]}

@@ -30,9 +30,9 @@ console = Console()
 # sets `func` (taking the parsed args, returning an exit code).
 COMMAND_MODULES: list[str] = ["cluster.loadtest_cmd", "cluster.eval_cmd", "cluster.chaos_cmd"]
 BENCH_MODULES: list[str] = [
-    "cluster.bench_encoder",
-    "cluster.bench_retrieval",
-    "cluster.bench_reranker",
+    "cluster.bench.encoder",
+    "cluster.bench.retrieval",
+    "cluster.bench.reranker",
 ]
 
 DEMO_DATA = "data/demo"

@@ -4,7 +4,9 @@ Definitions used in every report:
 
 - latency percentiles: nearest rank over every answered request (success or
   HTTP error; a client timeout counts at the time it gave up). p-th percentile
-  of n sorted values is the value at rank ceil(p/100 * n).
+  of n sorted values is the value at rank ceil(p/100 * n) (`percentile`, the
+  one definition, from `retrieval.metrics`: pure arithmetic, shared with the
+  benchmarks and `llmrec eval`).
 - throughput: successful (2xx) answers that arrived in the window, per second
   (the run's last window lasts until its last answer, so answers that queued
   behind an overloaded service are not credited to a shorter time).
@@ -19,11 +21,12 @@ Definitions used in every report:
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from retrieval.metrics import percentile
 
 __all__ = [
     "Outcome",
@@ -70,17 +73,6 @@ class RequestRecord:
     @property
     def answered(self) -> bool:
         return self.outcome in ("ok", "error")
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of ascending values; q in [0, 100]; 0.0 when empty."""
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile q={q} outside [0, 100]")
-    n = len(sorted_values)
-    if n == 0:
-        return 0.0
-    rank = max(1, math.ceil(q / 100.0 * n))
-    return float(sorted_values[rank - 1])
 
 
 @dataclass

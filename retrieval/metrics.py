@@ -6,6 +6,10 @@ for a 0-based rank below k (the ideal DCG is 1) and the reciprocal rank is
 `1 / (rank + 1)` anywhere in the list (0 when the target is missing). Catalog
 coverage is the share of catalog items that appear in at least one user's
 top k.
+
+Latency percentiles everywhere in llmrec (the load tester's reports, the
+benchmarks, `llmrec eval`) are nearest rank: the p-th percentile of n sorted
+values is the value at rank ceil(p/100 * n). `percentile` is that one definition.
 """
 
 from __future__ import annotations
@@ -14,13 +18,13 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 __all__ = [
     "RankingMetrics",
     "catalog_coverage",
     "latency_summary",
     "ndcg_at_k",
+    "percentile",
+    "percentile_ms",
     "rank_of",
     "recall_at_k",
     "reciprocal_rank",
@@ -109,14 +113,29 @@ def score_rankings(
     )
 
 
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of ascending values; q in [0, 100]; 0.0 when empty."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q={q} outside [0, 100]")
+    n = len(sorted_values)
+    if n == 0:
+        return 0.0
+    rank = max(1, math.ceil(q / 100.0 * n))
+    return float(sorted_values[rank - 1])
+
+
+def percentile_ms(seconds: Iterable[float], q: float) -> float:
+    """Nearest-rank percentile `q` of durations in seconds, in milliseconds; 0.0 when empty."""
+    return percentile(sorted(seconds), q) * 1000.0
+
+
 def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
     """`{"mean", "p50", "p95", "max"}` in milliseconds (zeros for no samples)."""
     if not seconds:
         return {"mean": 0.0, "p50": 0.0, "p95": 0.0, "max": 0.0}
-    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
     return {
-        "mean": round(float(ms.mean()), 2),
-        "p50": round(float(np.percentile(ms, 50)), 2),
-        "p95": round(float(np.percentile(ms, 95)), 2),
-        "max": round(float(ms.max()), 2),
+        "mean": round(sum(seconds) / len(seconds) * 1000.0, 2),
+        "p50": round(percentile_ms(seconds, 50), 2),
+        "p95": round(percentile_ms(seconds, 95), 2),
+        "max": round(max(seconds) * 1000.0, 2),
     }

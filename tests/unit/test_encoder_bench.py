@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from cluster import bench_encoder
-from cluster.bench_encoder import SERVE_MODES, _encoder_config, _text_maker, print_report
+from cluster.bench import encoder as bench_encoder
+from cluster.bench.encoder import SERVE_MODES, _encoder_config, _text_maker, print_report
 from retrieval.config import PROJECT_ROOT
 
 
@@ -67,7 +67,7 @@ async def test_closed_loop_driver_counts_answers_and_failures():
     import asyncio
     import json
 
-    from cluster.bench_http import closed_loop
+    from cluster.bench.driver import closed_loop_http
 
     seen: list[int] = []
 
@@ -95,7 +95,7 @@ async def test_closed_loop_driver_counts_answers_and_failures():
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        point = await closed_loop(
+        point = await closed_loop_http(
             f"http://127.0.0.1:{port}/x",
             lambda k: {"k": k},
             concurrency=4,
@@ -110,7 +110,7 @@ async def test_closed_loop_driver_counts_answers_and_failures():
 
 
 def test_the_reported_fast_path_is_the_one_llmrec_serves(capsys):
-    from cluster.bench_encoder import served_fast_path
+    from cluster.bench.encoder import served_fast_path
     from retrieval.config import EncoderConfig
 
     assert served_fast_path(EncoderConfig(engine="onnx")) == "onnx"

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from retrieval.bench import exact_top_k, make_data, synthetic_catalog
+from cluster.bench.retrieval_core import exact_top_k, make_data, synthetic_catalog
 from retrieval.config import IndexBuildConfig, RetrieverConfig
 from retrieval.index_types import resolve_index
 from retrieval.merge import merge_top_k
@@ -299,8 +299,9 @@ def test_bench_data_is_seeded_unit_norm_and_clustered():
     assert best.mean() > 0.6 > float(np.mean(a_items[:100] @ a_items[100:200].T))
 
 
-async def test_drive_answers_every_query_and_measures_it():
-    from retrieval.bench import drive, recall_at_k
+async def test_measure_answers_every_query_once_and_times_it():
+    from cluster.bench.retrieval import measure
+    from cluster.bench.retrieval_core import mean_recall_at_k
 
     items, queries = make_data(500, 30, DIM, seed=2)
     truth = exact_top_k(items, queries, 10)
@@ -315,6 +316,6 @@ async def test_drive_answers_every_query_and_measures_it():
         in_flight -= 1
         return [str(i) for i in exact_top_k(items, q[None], 10)[0]]
 
-    answers, latencies = await drive(search, queries, 8, warmup=2)
-    assert recall_at_k(answers, truth, 10) == 1.0
+    answers, latencies = await measure(search, queries, 8, warmup=2)
+    assert mean_recall_at_k(answers, truth, 10) == 1.0
     assert peak == 8 and len(latencies) == 30 and min(latencies) > 0

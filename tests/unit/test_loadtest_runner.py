@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.bench.driver import free_port
 from cluster.cli import main as llmrec
 from loadtest.errors import TargetRefused
 from loadtest.report import build_report, write_report
@@ -23,7 +24,6 @@ from loadtest.scenario import Scenario, TaskSpec
 from loadtest.sweep import Deployed, SweepPoint, run_sweep
 from loadtest.traffic import TrafficData
 from loadtest.transport import AiohttpTransport
-from tests.conftest import free_port
 
 
 @pytest.fixture(scope="module")

@@ -60,5 +60,6 @@ def test_coverage_and_latency_summary():
     with pytest.raises(ValueError):
         catalog_coverage([], k=1, catalog_size=0)
     s = latency_summary([0.001, 0.002, 0.003, 0.004])
-    assert s["mean"] == 2.5 and s["p50"] == 2.5 and s["max"] == 4.0
+    # Nearest rank: p50 of four is the 2nd value, p95 the 4th.
+    assert s["mean"] == 2.5 and s["p50"] == 2.0 and s["p95"] == 4.0 and s["max"] == 4.0
     assert latency_summary([]) == {"mean": 0.0, "p50": 0.0, "p95": 0.0, "max": 0.0}

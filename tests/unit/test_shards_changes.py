@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cluster.bench.retrieval_core import make_data, synthetic_catalog
 from deployments.retriever.core import ShardRetrieverCore
-from retrieval.bench import make_data, synthetic_catalog
 from retrieval.config import IndexBuildConfig, RetrieverConfig
 from retrieval.merge import merge_top_k
 from retrieval.shards import IndexIntegrityError, Item, Shard, build_shards, load_manifest, shard_of

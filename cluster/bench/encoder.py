@@ -5,7 +5,7 @@ sentence each, so no cache can help) at each concurrency, measured back to
 back per concurrency so they share the machine's conditions:
 
 * `naive`: a Serve deployment that runs one forward pass per request
-  (`cluster.bench_naive`), behind the same proxy;
+  (`cluster.bench.naive`), behind the same proxy;
 * `llmrec`: the `Encoder` deployment with the encoder settings of the Serve
   config (cache off), as an application's ingress on a free port;
 * `peer`: the infinity-emb embedding server on the same model folder,
@@ -24,12 +24,12 @@ demo catalog. Prints a table; `--json FILE` writes
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +42,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cluster.bench_http import PointResult, run_closed_loop, wait_until_up
+from cluster.bench.driver import ClosedLoopResult, closed_loop_http, free_port, wait_until_up
 from cluster.local import RAY_START_ENV
 from retrieval.config import EncoderConfig
 
@@ -165,12 +165,6 @@ def _catalog_texts() -> list[str]:
     return item_texts(table["title"].to_pylist(), table["text"].to_pylist())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def install_peer(cache_dir: Path) -> Path:
     """The infinity-emb venv under `cache_dir` (made once: CPU torch first, then the server)."""
     venv = cache_dir / "infinity-venv"
@@ -189,7 +183,7 @@ def install_peer(cache_dir: Path) -> Path:
 @contextmanager
 def peer_server(exe: Path, model_path: str, model_name: str, log_dir: Path) -> Iterator[str]:
     """infinity-emb on 127.0.0.1 with the model folder; yields its embeddings URL, then stops it."""
-    port = _free_port()
+    port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
     cmd = [
@@ -228,15 +222,15 @@ def serve_apps(
     os.environ.update(SERVE_MODES[mode])
     if mode == "throughput":
         # HAProxy's stats/metrics ports are fixed by default; free ones avoid a running cluster's.
-        os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(_free_port()))
-        os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(_free_port()))
+        os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+        os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
     import ray
     from ray import serve
 
-    from cluster.bench_naive import NaiveEncoder
+    from cluster.bench.naive import NaiveEncoder
     from deployments.encoder.deployment import Encoder
 
-    port = _free_port()
+    port = free_port()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     node_id = ray.get_runtime_context().get_node_id()
     try:
@@ -316,12 +310,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         for concurrency in args.concurrency:
             for system in systems:
                 url = urls[system]
-                point = run_closed_loop(
-                    url,
-                    lambda k: _body(text(k), encoder_cfg.model),
-                    concurrency=concurrency,
-                    duration_s=args.duration,
-                    warmup_s=args.warmup,
+                point = asyncio.run(
+                    closed_loop_http(
+                        url,
+                        lambda k: _body(text(k), encoder_cfg.model),
+                        concurrency=concurrency,
+                        duration_s=args.duration,
+                        warmup_s=args.warmup,
+                    )
                 )
                 row = {"system": system, **_row(point)}
                 if system in SERVE_APPS:
@@ -379,7 +375,7 @@ def _running_replicas(app: str) -> int:
     return sum((replicas_running(dataclasses.asdict(serve.status()), app) or {}).values())
 
 
-def _row(point: PointResult) -> dict[str, Any]:
+def _row(point: ClosedLoopResult) -> dict[str, Any]:
     return {
         "concurrency": point.concurrency,
         "throughput_rps": round(point.throughput_rps, 2),

@@ -51,6 +51,7 @@ from deployments.reranker.core import RerankerCore
 from deployments.reranker.prompts import Candidate, PromptContext
 from retrieval.config import AppConfig, RerankerConfig, resolve_path
 from retrieval.hardware import cpu_flags, cpu_kind
+from retrieval.metrics import percentile, percentile_ms
 
 __all__ = ["VARIANTS", "register", "run_bench"]
 
@@ -223,7 +224,7 @@ async def _recovery(
         after = time.perf_counter() - t
         core.config = probe_config
     await asyncio.gather(*tasks, return_exceptions=True)
-    idle_s = float(np.median(idle))
+    idle_s = percentile(sorted(idle), 50)
     return {
         "idle_ms": round(idle_s * 1000, 1),
         "after_burst_ms": round(after * 1000, 1),
@@ -234,7 +235,7 @@ async def _recovery(
 
 
 def _ms(values: list[float], q: float) -> float:
-    return round(float(np.percentile(np.asarray(values) * 1000, q)), 1) if values else 0.0
+    return round(percentile_ms(values, q), 1)
 
 
 async def _variant(
@@ -414,7 +415,7 @@ async def _http_recovery(url: str, burst: int, burst_deadline_ms: int) -> dict[s
         ]
         answers = await asyncio.gather(*shots)
         after_s, after = await timed(client, probes[0])
-    idle_s = float(np.median([s for s, _ in idle]))
+    idle_s = percentile(sorted(s for s, _ in idle), 50)
     return {
         "idle_ms": round(idle_s * 1000, 1),
         "after_burst_ms": round(after_s * 1000, 1),

@@ -1,8 +1,8 @@
-"""The retrieval benchmark without Ray: synthetic data, the variants, recall and latency.
+"""The retrieval benchmark without Ray: synthetic data, ground truth, the variants, recall.
 
-`llmrec bench retrieval` (cluster/bench_retrieval.py) serves each variant from
-real ShardRetriever deployments; everything it measures with is here, so it
-is tested without a cluster.
+`llmrec bench retrieval` (`cluster.bench.retrieval`) serves each variant from
+real ShardRetriever deployments and drives them with `cluster.bench.driver`;
+everything else it measures with is here, so it is tested without a cluster.
 
 Data: N item vectors and Q query vectors drawn the same way, seeded: a point
 is one of 1,000 cluster centres (each drawn unit-normal per dimension) plus
@@ -11,9 +11,7 @@ noise of standard deviation 0.6 per dimension, L2-normalised.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,12 +27,10 @@ __all__ = [
     "BenchResult",
     "Variant",
     "default_variants",
-    "drive",
     "exact_top_k",
     "index_bytes",
     "make_data",
-    "percentile_ms",
-    "recall_at_k",
+    "mean_recall_at_k",
     "synthetic_catalog",
 ]
 
@@ -86,7 +82,7 @@ def exact_top_k(items: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return ids
 
 
-def recall_at_k(found: Sequence[Sequence[str]], truth: np.ndarray, k: int) -> float:
+def mean_recall_at_k(found: Sequence[Sequence[str]], truth: np.ndarray, k: int) -> float:
     """Mean share of the true top-k ids (row numbers, item id = str(row)) found per query."""
     if not len(found):
         return 0.0
@@ -94,10 +90,6 @@ def recall_at_k(found: Sequence[Sequence[str]], truth: np.ndarray, k: int) -> fl
         len({str(i) for i in t[:k]} & set(f[:k])) / k for f, t in zip(found, truth, strict=True)
     ]
     return float(np.mean(hits))
-
-
-def percentile_ms(seconds: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(seconds) * 1000.0, q)) if len(seconds) else 0.0
 
 
 def index_bytes(index_dir: Path) -> tuple[int, int]:
@@ -109,38 +101,6 @@ def index_bytes(index_dir: Path) -> tuple[int, int]:
         (index_dir / s.vectors_file).stat().st_size for s in manifest.shards if s.vectors_file
     )
     return memory, mapped
-
-
-async def drive(
-    search: Callable[[np.ndarray], Awaitable[list[str]]],
-    queries: np.ndarray,
-    concurrency: int,
-    *,
-    warmup: int = 20,
-    progress: bool = False,
-    desc: str = "queries",
-) -> tuple[list[list[str]], list[float]]:
-    """Send every query through `search` with `concurrency` in flight; (answers, seconds each).
-
-    The first `warmup` queries are sent once beforehand and not timed.
-    """
-    for q in queries[:warmup]:
-        await search(q)
-    answers: list[list[str]] = [[] for _ in range(len(queries))]
-    latencies = [0.0] * len(queries)
-    next_query = iter(range(len(queries)))
-    bar = tqdm(total=len(queries), desc=desc, unit="q", disable=not progress, leave=False)
-
-    async def worker() -> None:
-        for i in next_query:
-            start = time.perf_counter()
-            answers[i] = await search(queries[i])
-            latencies[i] = time.perf_counter() - start
-            bar.update(1)
-
-    with bar:
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return answers, latencies
 
 
 @dataclass(frozen=True)

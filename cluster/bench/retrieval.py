@@ -10,10 +10,10 @@ of the merged answer against exact search over the whole catalog, and p50/p99
 latency. A first row, `serve floor`, sends the same scatter-gather to shards
 that do no work: what Serve itself costs on this machine, the baseline the
 other rows are read against. Search settings change in place (Serve
-`reconfigure`), without reloading the shards. The data (see `retrieval.bench`)
-is seeded. Ray starts in this process, by default with Serve's
-throughput-optimised handles (`RAY_SERVE_THROUGHPUT_OPTIMIZED`;
-`--serve-mode default` for the plain ones).
+`reconfigure`), without reloading the shards. The data (see
+`cluster.bench.retrieval_core`) is seeded. Ray starts in this process, by
+default with Serve's throughput-optimised handles
+(`RAY_SERVE_THROUGHPUT_OPTIMIZED`; `--serve-mode default` for the plain ones).
 
 Prints a table; `--json FILE` writes `{"items", "dim", "shards", "queries",
 "serve_mode", "results": [{"index", "variant", "params", "concurrency",
@@ -28,36 +28,38 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
+from tqdm import tqdm
 
-from retrieval.bench import (
+from cluster.bench.driver import closed_loop, free_port
+from cluster.bench.retrieval_core import (
     BenchResult,
     Variant,
     default_variants,
-    drive,
     exact_top_k,
     index_bytes,
     make_data,
-    percentile_ms,
-    recall_at_k,
+    mean_recall_at_k,
     synthetic_catalog,
 )
 from retrieval.config import INDEX_TYPES, RetrieverConfig
 from retrieval.merge import merge_top_k
+from retrieval.metrics import percentile_ms
 from retrieval.shards import Manifest, build_shards, load_manifest
 
-__all__ = ["print_table", "register", "run_bench"]
+__all__ = ["measure", "print_table", "register", "run_bench"]
 
 console = Console()
 K = 10
+WARMUP = 20
 SEARCH_PARAMS = ("ef_search", "nprobe", "refine_k_factor")
 # The handle path only: the HTTP ingress (HAProxy in `llmrec up`) is not in this bench,
 # and HAProxy's fixed stats ports would clash with a service running beside it.
@@ -99,10 +101,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench_retrieval)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+async def measure(
+    search: Callable[[np.ndarray], Awaitable[list[str]]],
+    queries: np.ndarray,
+    concurrency: int,
+    *,
+    warmup: int = WARMUP,
+    progress: bool = False,
+    desc: str = "queries",
+) -> tuple[list[list[str]], list[float]]:
+    """Every query through `search` once, `concurrency` in flight; (answers, seconds each).
+
+    The first `warmup` queries are sent once beforehand, one at a time, and not timed.
+    """
+    for q in queries[:warmup]:
+        await search(q)
+    with tqdm(total=len(queries), desc=desc, unit="q", disable=not progress, leave=False) as bar:
+        run = await closed_loop(
+            lambda _client, i: search(queries[i]),
+            concurrency=concurrency,
+            requests=len(queries),
+            on_answer=bar.update,
+        )
+    return [run.answers[i] for i in range(len(queries))], run.latencies_s
 
 
 def _shown_params(manifest: Manifest, settings: RetrieverConfig) -> dict:
@@ -151,7 +172,7 @@ async def _bench_floor(args: argparse.Namespace, queries: np.ndarray) -> list[Be
     try:
         for concurrency in args.concurrency:
             t = time.perf_counter()
-            _, latencies = await drive(
+            _, latencies = await measure(
                 search, queries, concurrency, progress=True, desc=f"serve floor c={concurrency}"
             )
             wall = time.perf_counter() - t
@@ -250,7 +271,7 @@ async def _bench_variant(
             params = _shown_params(manifest, settings)
             for concurrency in args.concurrency:
                 t = time.perf_counter()
-                answers, latencies = await drive(
+                answers, latencies = await measure(
                     search,
                     queries,
                     concurrency,
@@ -263,7 +284,7 @@ async def _bench_variant(
                     variant=variant.name,
                     params=params,
                     concurrency=concurrency,
-                    recall_at_10=round(recall_at_k(answers, truth, K), 4),
+                    recall_at_10=round(mean_recall_at_k(answers, truth, K), 4),
                     p50_ms=round(percentile_ms(latencies, 50), 3),
                     p99_ms=round(percentile_ms(latencies, 99), 3),
                     memory_bytes=memory,
@@ -304,7 +325,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         # Serve is also shut down on it (its handles cannot close once the loop has).
         out: list[BenchResult] = []
         try:
-            serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
+            serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
             if args.floor:
                 out += await _bench_floor(args, queries)
             for variant in variants:

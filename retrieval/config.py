@@ -347,6 +347,12 @@ class RouterConfig(_Section):
     """Longest an item lookup, delete or feedback check waits for its shard before a 502."""
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     """Larger request bodies are refused with 413."""
+    item_cache_size: int = Field(20_000, ge=0, le=10_000_000)
+    """Catalog rows (metadata and vector, ~2 KB each at 384 dims) a router replica keeps from
+    its history lookups, so a returning user's history costs no shard call; 0: always ask."""
+    item_cache_ttl_s: float = Field(30.0, gt=0, le=86_400)
+    """How long a cached row is used. An upsert or delete through this replica drops it at
+    once; one through another router replica is seen here after at most this long."""
     history_half_life: float = Field(10.0, gt=0)
     """Recency weighting of the profile: an interaction this many steps back counts half."""
     query_weight: float = Field(0.5, ge=0, le=1)

@@ -3,7 +3,8 @@
 The stages and their deadline rules:
 
 1. history: the stored history of `user_id` plus the request's `history`
-   (unknown request items are a 404); vectors come from the owning shards.
+   (unknown request items are a 404); rows and vectors come from the owning
+   shards, or from the replica's TTL cache of them (`router.item_cache_size`).
 2. encode the query (concurrently with 1) and build the profile.
    An encoder that fails or is later than `encode_timeout_ms` costs the query
    only (`degraded: ["encoder"]`): the request goes on from its history, or
@@ -36,11 +37,12 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from cachetools import TTLCache
 
 from deployments.errors import (
     BackendFailed,
@@ -200,6 +202,11 @@ class RouterCore:
         self.fusion = fusion if fusion is not None else FusionWeights.from_config(config.router)
         self.histories = histories if histories is not None else {}
         self.in_flight = 0
+        rc = config.router
+        # Only rows that exist are cached: an unknown id is asked again (and 404'd) every time.
+        self.item_rows: TTLCache[str, tuple[Hit, np.ndarray]] | None = (
+            TTLCache(rc.item_cache_size, rc.item_cache_ttl_s) if rc.item_cache_size else None
+        )
         self._popularity = cf.popularity_feature() if cf is not None else None
         f = self.fusion
         # A query states what the user wants now: the cosine to the query-blended profile
@@ -367,14 +374,28 @@ class RouterCore:
     async def _lookup(
         self, item_ids: list[str], clock: _Clock, degraded: list[str]
     ) -> dict[str, tuple[Hit, np.ndarray]]:
+        """Rows and vectors of `item_ids` that exist: cached ones, the rest from their shards."""
+        cache = self.item_rows
+        found: dict[str, tuple[Hit, np.ndarray]] = {}
         by_shard: dict[int, list[str]] = {}
         for item_id in item_ids:
-            by_shard.setdefault(shard_of(item_id, len(self.shards)), []).append(item_id)
+            row = cache.get(item_id) if cache is not None else None
+            if row is not None:
+                found[item_id] = row
+            else:
+                by_shard.setdefault(shard_of(item_id, len(self.shards)), []).append(item_id)
         calls = {s: self.shards[s].lookup(ids) for s, ids in by_shard.items()}
-        found: dict[str, tuple[Hit, np.ndarray]] = {}
         for part in (await self._gather_shards(calls, clock, degraded)).values():
             found.update(part)
+            if cache is not None:
+                cache.update(part)
         return found
+
+    def forget_items(self, item_ids: Iterable[str]) -> None:
+        """Drop cached rows of items that changed (upserted or deleted through this replica)."""
+        if self.item_rows is not None:
+            for item_id in item_ids:
+                self.item_rows.pop(item_id, None)
 
     def _collaborative(
         self, history_ids: list[str], seen: list[str]

@@ -124,7 +124,6 @@ class Router:
         self.reranker = _Remote(reranker) if reranker is not None else None
         self.feedback = FeedbackLog(self.config.data_path / FEEDBACK_FILE)
         self.histories = load_histories(self.config, self.feedback)
-        self.items = ItemStore(self.config, encode=self._encode, shards=self.shards)
         self.core = RouterCore(
             self.config,
             encode=self._encode,
@@ -137,6 +136,13 @@ class Router:
                 load_fusion(self.config.index_path) if self.config.router.use_tuned_fusion else None
             ),
             histories=self.histories,
+        )
+        # Catalog writes through this replica drop the core's cached rows of those items.
+        self.items = ItemStore(
+            self.config,
+            encode=self._encode,
+            shards=self.shards,
+            on_change=self.core.forget_items,
         )
 
     async def _encode(self, text: str) -> np.ndarray:

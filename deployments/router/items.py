@@ -11,7 +11,7 @@ each shard's part concurrently; shards that did not answer are named in one
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -47,13 +47,23 @@ class ItemShard(Protocol):
 class ItemStore:
     """Reads, writes and deletes catalog items in their owning shards (see the module docstring).
 
-    `shards[i]` is shard i, the order of the index the router serves.
+    `shards[i]` is shard i, the order of the index the router serves. `on_change`
+    hears the ids of every upsert or delete sent (so a cache of rows can drop them),
+    whether or not every shard took it.
     """
 
-    def __init__(self, config: AppConfig, *, encode: EncodeFn, shards: Sequence[ItemShard]) -> None:
+    def __init__(
+        self,
+        config: AppConfig,
+        *,
+        encode: EncodeFn,
+        shards: Sequence[ItemShard],
+        on_change: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.config = config
         self.encode = encode
         self.shards = list(shards)
+        self.on_change = on_change or (lambda item_ids: None)
 
     def owner(self, item_id: str) -> int:
         """The number of the shard that holds (or would hold) `item_id`."""
@@ -70,7 +80,11 @@ class ItemStore:
     async def delete(self, item_id: str) -> None:
         """Delete `item_id` from its shard; NotFound (404) when the shard has none."""
         s = self.owner(item_id)
-        if not await self._within_timeout(s, self.shards[s].delete([item_id])):
+        try:
+            deleted = await self._within_timeout(s, self.shards[s].delete([item_id]))
+        finally:
+            self.on_change([item_id])
+        if not deleted:
             raise NotFound(f"unknown item {item_id!r}", field="item_id")
 
     async def upsert(self, items: Sequence[ItemIn]) -> list[str]:
@@ -95,6 +109,7 @@ class ItemStore:
             ),
             return_exceptions=True,
         )
+        self.on_change([i.item_id for i in items])
         failed = []
         for s, result in zip(by_shard, results, strict=True):
             if isinstance(result, BackendUnavailable):

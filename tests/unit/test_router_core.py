@@ -28,6 +28,7 @@ from tests.factories import ScriptedEngine, make_shards
 class LocalShard:
     def __init__(self, shard: Shard, delay: float = 0.0, fail: bool = False, bug: bool = False):
         self.shard, self.delay, self.fail, self.bug = shard, delay, fail, bug
+        self.looked_up: list[str] = []
 
     async def search(self, vector, k, exclude, categories):
         await asyncio.sleep(self.delay)
@@ -41,6 +42,7 @@ class LocalShard:
         await asyncio.sleep(self.delay)
         if self.fail:
             raise BackendUnavailable("ShardRetriever-0 did not answer")
+        self.looked_up.extend(item_ids)
         return self.shard.lookup(item_ids)
 
 
@@ -445,3 +447,36 @@ async def test_reranker_blends_at_the_weight_the_router_passes():
     assert [i for i, _ in (await reranker.rerank(context, [0.9, 0.8])).order] == [0, 1]
     outcome = await reranker.rerank(context, [0.9, 0.8], 1.0)
     assert [i for i, _ in outcome.order] == [1, 0]
+
+
+def looked_up(core) -> list[str]:
+    """Every id the core asked its shards for, since the last call (then forgotten)."""
+    asked = [i for shard in core.shards for i in shard.looked_up]
+    for shard in core.shards:
+        shard.looked_up.clear()
+    return sorted(asked)
+
+
+async def test_a_returning_users_history_comes_from_the_row_cache(world):
+    core = make_core(world, histories={"u1": ["1", "2", "3"]})
+    first = await core.recommend(RecommendRequest(user_id="u1", k=5))
+    assert looked_up(core) == ["1", "2", "3"]
+    again = await core.recommend(RecommendRequest(user_id="u1", history=["4"], k=5))
+    assert looked_up(core) == ["4"]  # only the row it had not seen
+    assert ids(first) and not {"1", "2", "3", "4"} & set(ids(again))
+    core.forget_items(["2"])  # an upsert or delete of item 2 through this replica
+    await core.recommend(RecommendRequest(user_id="u1", k=5))
+    assert looked_up(core) == ["2"]
+
+
+async def test_unknown_items_are_not_cached_and_the_cache_can_be_off(world):
+    core = make_core(world)
+    for _ in range(2):
+        with pytest.raises(NotFound):
+            await core.recommend(RecommendRequest(history=["1", "no-such-item"], k=5))
+        assert "no-such-item" in looked_up(core)  # asked every time, never remembered
+    off = make_core(world, config=AppConfig(router=RouterConfig(item_cache_size=0)))
+    assert off.item_rows is None
+    for _ in range(2):
+        await off.recommend(RecommendRequest(history=["1"], k=5))
+        assert "1" in looked_up(off)

@@ -165,3 +165,18 @@ async def test_delete_removes_the_item_from_its_shard_and_a_second_delete_is_404
         await store.delete("it3")
     with pytest.raises(NotFound):
         await store.find("it3")
+
+
+async def test_every_write_sent_is_told_to_on_change_even_when_a_shard_failed():
+    heard: list[list[str]] = []
+    store, shards = make_store({1: "down"})
+    store.on_change = heard.append
+    items = make_items(8)
+    with pytest.raises(BackendFailed):
+        await store.upsert(items)
+    assert heard == [[i.item_id for i in items]]
+    kept = next(iter(shards[0].rows))
+    await store.delete(kept)
+    with pytest.raises(NotFound):
+        await store.delete("never-there")
+    assert heard[1:] == [[kept], ["never-there"]]

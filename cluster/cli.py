@@ -33,6 +33,7 @@ BENCH_MODULES: list[str] = [
     "cluster.bench.encoder",
     "cluster.bench.retrieval",
     "cluster.bench.reranker",
+    "cluster.bench.pipeline",
 ]
 
 DEMO_DATA = "data/demo"

@@ -3,7 +3,8 @@
 It answers `POST /v1/recommend` in the API's shape after a simulated service
 time, with at most `replicas` requests in service at once (more wait), so its
 capacity is `replicas / service time` and sweeps over it scale the way a real
-pool would. `GET /v1/health` is always ready, `POST /v1/feedback` is a missing
+pool would. `GET /v1/items/{id}` answers any id at once (no service time),
+`GET /v1/health` is always ready, `POST /v1/feedback` is a missing
 route (404), `GET /_fake/stats` counts what arrived and `POST /_fake/config`
 changes `replicas` / `service_ms` / `rerank_ms` / `explain_ms` while running.
 
@@ -82,6 +83,14 @@ class FakeService:
                 return await self._recommend(json.loads(body or b"{}"))
             except ValueError:
                 return 422, {"error": {"type": "invalid_input", "message": "not JSON"}}
+        if method == "GET" and path.startswith("/v1/items/"):
+            item_id = path.removeprefix("/v1/items/")
+            return 200, {
+                "item_id": item_id,
+                "title": f"Item {item_id}",
+                "text": "",
+                "categories": [],
+            }
         if method == "GET" and path == "/v1/health":
             return 200, {"status": "ready", "checks": {"fake": "ok"}}
         if method == "GET" and path == "/_fake/stats":

@@ -317,3 +317,28 @@ def test_the_scenario_picks_the_generators_client(traffic):
     assert isinstance(aio, AiohttpTransport) and aio.limit == 8
     own = LoadRunner("http://127.0.0.1:9", sc.with_overrides(client="httpx"), traffic)
     assert own._default_transport(8) is None
+
+
+def test_the_pipeline_bench_measures_every_kind_against_the_floor(fake_url, traffic):
+    from cluster.bench.pipeline import KINDS, run_pipeline_bench
+
+    configure(fake_url, replicas=8, service_ms=20)
+    rows = asyncio.run(
+        run_pipeline_bench(fake_url, traffic, concurrencies=[1, 4], duration_s=1.0, warmup_s=0.2)
+    )
+    assert [(r["concurrency"], r["kind"]) for r in rows] == [(c, k) for c in (1, 4) for k in KINDS]
+    for r in rows:
+        assert r["errors"] == 0 and r["requests"] > 0
+        if r["kind"] == "floor":  # no service time: the fastest row, and its own reference
+            assert r["share_of_floor"] == 1.0 and r["stages_ms"] == {}
+        else:  # 20 ms of simulated service: well under the floor's rate, stages reported
+            assert r["share_of_floor"] < 0.8 and r["p50_above_floor_ms"] > 10
+            assert set(r["stages_ms"]) == {"encode", "retrieve", "total"}
+    # Four clients of eight slots: about four times the rate of one client.
+    one, four = (
+        next(r for r in rows if r["kind"] == "user" and r["concurrency"] == c) for c in (1, 4)
+    )
+    assert four["throughput_rps"] > 2.5 * one["throughput_rps"]
+    assert server_stats(fake_url)["requests"]["/v1/recommend"] >= sum(
+        r["requests"] for r in rows if r["kind"] != "floor"
+    )

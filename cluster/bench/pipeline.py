@@ -1,0 +1,235 @@
+"""`llmrec bench pipeline`: what a recommendation costs beside one Serve hop.
+
+Against a running service (`llmrec up`), for each concurrency it measures
+closed loop, in one run:
+
+- `floor`: `GET /v1/items/{id}`, ingress → router → one shard and back, the
+  least work a request through the app can do;
+- `user`, `history`, `query`: `POST /v1/recommend` by `user_id`, by an explicit
+  `history` (a user's last 20 items) and by free text, retrieval only (no
+  rerank, no explanations).
+
+Each row gives throughput, p50/p99 (nearest rank), the share of the floor's
+throughput at the same concurrency, how far its p50 is above the floor's, and
+the mean of the service's own `timings_ms` per stage. It prints a table and
+writes JSON (`--json`). Ids, users and queries come from the dataset the
+service was built from (`--data`, default the config's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpcore
+from rich.console import Console
+from rich.table import Table
+
+from cluster.bench.driver import ClosedLoopResult, closed_loop
+from loadtest.runner import check_target
+from loadtest.traffic import TrafficData
+
+__all__ = ["KINDS", "register", "run_pipeline_bench"]
+
+console = Console()
+
+KINDS = ("floor", "user", "history", "query")
+HISTORY_LEN = 20
+_FAILURES = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException)
+
+
+class _NotOk(Exception):
+    """An HTTP answer other than 200."""
+
+
+Request = tuple[str, str, dict[str, Any] | None]
+"""(method, path, JSON body or None)."""
+
+
+def request_maker(kind: str, traffic: TrafficData, seed: int) -> Callable[[int], Request]:
+    """Request k of a `kind` run: seeded, so every run asks the same things in the same order."""
+    rng = random.Random(seed)
+    retrieval_only = {"k": 10, "rerank": False, "explain": False}
+    if kind == "floor":
+        return lambda k: ("GET", f"/v1/items/{rng.choice(traffic.items)}", None)
+    if kind == "user":
+        return lambda k: (
+            "POST",
+            "/v1/recommend",
+            {"user_id": traffic.pick_user(rng, with_history=True), **retrieval_only},
+        )
+    if kind == "history":
+
+        def history(k: int) -> Request:
+            user = traffic.pick_user(rng, with_history=True)
+            body = {"history": traffic.history_of(user, rng, HISTORY_LEN), **retrieval_only}
+            return "POST", "/v1/recommend", body
+
+        return history
+    if kind == "query":
+        return lambda k: (
+            "POST",
+            "/v1/recommend",
+            {"query": rng.choice(traffic.queries), **retrieval_only},
+        )
+    raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
+
+
+async def measure(
+    url: str,
+    make: Callable[[int], Request],
+    *,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    timeout_s: float = 30.0,
+) -> ClosedLoopResult[dict[str, float]]:
+    """One closed-loop point; each answer is the service's `timings_ms` ({} for the floor)."""
+    extensions = {"timeout": dict.fromkeys(("connect", "read", "write", "pool"), timeout_s)}
+    async with contextlib.AsyncExitStack() as stack:
+        pools = [
+            await stack.enter_async_context(httpcore.AsyncConnectionPool(max_connections=1))
+            for _ in range(concurrency)
+        ]
+
+        async def send(c: int, k: int) -> dict[str, float]:
+            method, path, body = make(k)
+            headers = [(b"content-type", b"application/json")] if body is not None else []
+            response = await pools[c].request(
+                method,
+                url + path,
+                headers=headers,
+                content=json.dumps(body).encode() if body is not None else b"",
+                extensions=extensions,
+            )
+            if response.status != 200:
+                raise _NotOk(response.status)
+            return json.loads(response.content).get("timings_ms", {}) if body is not None else {}
+
+        return await closed_loop(
+            send,
+            concurrency=concurrency,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            failures=(*_FAILURES, _NotOk),
+        )
+
+
+def _stage_means(result: ClosedLoopResult[dict[str, float]]) -> dict[str, float]:
+    sums: dict[str, list[float]] = {}
+    for timings in result.answers.values():
+        for stage, ms in timings.items():
+            sums.setdefault(stage, []).append(ms)
+    return {stage: round(sum(v) / len(v), 2) for stage, v in sums.items()}
+
+
+async def run_pipeline_bench(
+    url: str,
+    traffic: TrafficData,
+    *,
+    concurrencies: list[int],
+    kinds: tuple[str, ...] = KINDS,
+    duration_s: float = 10.0,
+    warmup_s: float = 3.0,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda line: None,
+) -> list[dict[str, Any]]:
+    """Every (concurrency, kind) point, the floor first at each concurrency (module docstring)."""
+    rows = []
+    for concurrency in concurrencies:
+        floor: dict[str, Any] | None = None
+        for kind in ("floor", *(k for k in kinds if k != "floor")):
+            log(f"c={concurrency} {kind}: {warmup_s:.0f} s warm-up, {duration_s:.0f} s measured")
+            result = await measure(
+                url,
+                request_maker(kind, traffic, seed),
+                concurrency=concurrency,
+                duration_s=duration_s,
+                warmup_s=warmup_s,
+            )
+            row: dict[str, Any] = {
+                "kind": kind,
+                "concurrency": concurrency,
+                "requests": result.requests,
+                "errors": result.errors,
+                "throughput_rps": round(result.throughput_rps, 1),
+                "p50_ms": round(result.p50_ms, 2),
+                "p99_ms": round(result.p99_ms, 2),
+                "stages_ms": _stage_means(result),
+            }
+            if floor is None:
+                floor = row
+            row["share_of_floor"] = round(
+                row["throughput_rps"] / floor["throughput_rps"] if floor["throughput_rps"] else 0.0,
+                3,
+            )
+            row["p50_above_floor_ms"] = round(row["p50_ms"] - floor["p50_ms"], 2)
+            rows.append(row)
+    return rows
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "pipeline",
+        help="recommend by user/history/query vs the one-hop floor, against a running service",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
+    p.add_argument("--data", type=Path, help="dataset the service serves (default: the config's)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per point")
+    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds per point")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-host", action="append", default=[], help="allow a non-local target")
+    p.add_argument("--json", help="write the rows as JSON here")
+    p.set_defaults(func=cmd_bench_pipeline)
+
+
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from cluster import local
+
+    url = check_target(args.url, args.allow_host)
+    _, cfg = local.render_serve_config(args.config, data_dir=args.data)
+    traffic = TrafficData.from_data_dir(cfg.data_path, seed=args.seed)
+    t = time.perf_counter()
+    rows = asyncio.run(
+        run_pipeline_bench(
+            url,
+            traffic,
+            concurrencies=args.concurrency,
+            kinds=tuple(args.kinds),
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            seed=args.seed,
+            log=console.print,
+        )
+    )
+    table = Table(title=f"pipeline vs one-hop floor ({url}, {time.perf_counter() - t:.0f} s)")
+    for col in ("c", "kind", "rps", "share", "p50 ms", "p99 ms", "p50-floor", "errors", "stages"):
+        table.add_column(col, justify="left" if col in ("kind", "stages") else "right")
+    for r in rows:
+        table.add_row(
+            str(r["concurrency"]),
+            r["kind"],
+            f"{r['throughput_rps']:.1f}",
+            f"{r['share_of_floor']:.0%}",
+            f"{r['p50_ms']:.1f}",
+            f"{r['p99_ms']:.1f}",
+            f"{r['p50_above_floor_ms']:+.1f}",
+            str(r["errors"]),
+            " ".join(f"{k}={v:.1f}" for k, v in r["stages_ms"].items()),
+        )
+    console.print(table)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"url": url, "rows": rows}, indent=1))
+        console.print(f"wrote {args.json}")
+    return 0 if all(r["errors"] == 0 for r in rows) else 1

@@ -55,7 +55,7 @@ from retrieval.evaluate import (
 )
 from retrieval.fusion import FUSION_NAME, FusionWeights, load_fusion, save_fusion
 from retrieval.metrics import latency_summary, score_rankings
-from retrieval.shards import Hit, Shard, load_manifest
+from retrieval.shards import Hit, Scored, Shard, load_manifest
 from retrieval.split import Split, leave_last_out
 
 __all__ = ["EvalOptions", "ServiceError", "evaluate"]
@@ -112,8 +112,8 @@ class _LocalShard:
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
 
-    async def search(self, vector, k, exclude, categories) -> list[Hit]:
-        return self.shard.search(vector, k, exclude=exclude, categories=categories)
+    async def search_ids(self, vector, k, exclude, categories) -> list[Scored]:
+        return self.shard.search_ids(vector, k, exclude=exclude, categories=categories)
 
     async def lookup(self, item_ids):
         return self.shard.lookup(item_ids)

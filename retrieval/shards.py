@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import faiss
 import numpy as np
@@ -46,6 +47,7 @@ __all__ = [
     "IndexIntegrityError",
     "Item",
     "Manifest",
+    "Scored",
     "Shard",
     "ShardFiles",
     "build_shards",
@@ -63,6 +65,13 @@ class Hit:
     title: str
     text: str
     categories: list[str]
+
+
+class Scored(NamedTuple):
+    """A search result without its row: what a shard sends when the caller has the rows."""
+
+    item_id: str
+    score: float
 
 
 def _by_category(categories: Sequence[list[str] | None]) -> dict[str, np.ndarray]:
@@ -325,6 +334,30 @@ class Shard:
         categories: Sequence[str] | None = None,
     ) -> list[Hit]:
         """Top-`k` live items by inner product with `query` (shape `(dim,)`), best first."""
+        return [self._hit(row, score) for score, row in self._top(query, k, exclude, categories)]
+
+    def search_ids(
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        exclude: Iterable[str] = (),
+        categories: Sequence[str] | None = None,
+    ) -> list[Scored]:
+        """`search` without the rows: ids and scores only, best first."""
+        return [
+            Scored(self.item_ids[row], score)
+            for score, row in self._top(query, k, exclude, categories)
+        ]
+
+    def _top(
+        self,
+        query: np.ndarray,
+        k: int,
+        exclude: Iterable[str],
+        categories: Sequence[str] | None,
+    ) -> list[tuple[float, int]]:
+        """(score, row) of the top-`k` live rows, best first."""
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.dim:
             raise ValueError(f"query has dim {query.shape[1]}, shard {self.dim}")
@@ -337,7 +370,7 @@ class Shard:
         found = self._search_base(view, query, k, mask)
         found += self._search_delta(view, query, k, mask, n_rows)
         found.sort(key=lambda t: -t[0])
-        return [self._hit(row, score) for score, row in found[:k]]
+        return found[:k]
 
     def _hit(self, pos: int, score: float) -> Hit:
         return Hit(

@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 
 from retrieval.config import SEARCH_KNOBS, RetrieverConfig
-from retrieval.shards import Hit, IndexIntegrityError, Item, Shard
+from retrieval.shards import Hit, IndexIntegrityError, Item, Scored, Shard
 
 __all__ = [
     "SEARCH_TIME_FIELDS",
@@ -105,6 +105,15 @@ class ShardRetrieverCore:
         categories: Sequence[str] | None = None,
     ) -> list[Hit]:
         return self.shard.search(vector, k, exclude=exclude, categories=categories)
+
+    def search_ids(
+        self,
+        vector: np.ndarray,
+        k: int,
+        exclude: Sequence[str] = (),
+        categories: Sequence[str] | None = None,
+    ) -> list[Scored]:
+        return self.shard.search_ids(vector, k, exclude=exclude, categories=categories)
 
     def lookup(self, item_ids: Sequence[str]) -> dict[str, tuple[Hit, np.ndarray]]:
         return self.shard.lookup(item_ids)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 from ray import serve
@@ -19,7 +21,9 @@ from ray.serve import Application
 
 from deployments.retriever.core import ShardRetrieverCore, split_config
 from retrieval.config import RetrieverConfig
-from retrieval.shards import Hit, Item
+from retrieval.shards import Hit, Item, Scored
+
+T = TypeVar("T")
 
 __all__ = ["SearchTimer", "ShardRetriever", "bind_shard"]
 
@@ -52,18 +56,29 @@ class ShardRetriever:
         # New search settings: forget the old timings, start inline and measure again.
         self.timer = SearchTimer(self.core.config.inline_search_ms / 1e3)
 
-    def _timed_search(self, *args) -> list[Hit]:
+    def _timed(self, search: Callable[..., T], *args) -> T:
         started = time.perf_counter()
-        hits = self.core.search(*args)
+        found = search(*args)
         self.timer.record(time.perf_counter() - started)
-        return hits
+        return found
+
+    async def _search(self, search: Callable[..., T], *args) -> T:
+        """Inline while searches are fast, else in a worker thread (see `SearchTimer`)."""
+        if self.timer.inline():
+            return self._timed(search, *args)
+        return await asyncio.to_thread(self._timed, search, *args)
 
     async def search(
         self, vector: np.ndarray, k: int, exclude: list[str], categories: list[str] | None
     ) -> list[Hit]:
-        if self.timer.inline():
-            return self._timed_search(vector, k, exclude, categories)
-        return await asyncio.to_thread(self._timed_search, vector, k, exclude, categories)
+        """The top `k` with their rows (title, text, categories)."""
+        return await self._search(self.core.search, vector, k, exclude, categories)
+
+    async def search_ids(
+        self, vector: np.ndarray, k: int, exclude: list[str], categories: list[str] | None
+    ) -> list[Scored]:
+        """The top `k` as ids and scores only: what the router asks (it caches rows)."""
+        return await self._search(self.core.search_ids, vector, k, exclude, categories)
 
     async def lookup(self, item_ids: list[str]) -> dict[str, tuple[Hit, np.ndarray]]:
         return await asyncio.to_thread(self.core.lookup, item_ids)

@@ -9,9 +9,11 @@ The stages and their deadline rules:
    An encoder that fails or is later than `encode_timeout_ms` costs the query
    only (`degraded: ["encoder"]`): the request goes on from its history, or
    from popularity when it has none.
-3. retrieve: every shard searched concurrently, each call bounded by what is
-   left of the deadline and by `shard_timeout_ms`; a late or failed shard is
-   named in `degraded` (`shard-N`).
+3. retrieve: every shard searched concurrently for ids and scores (each sent
+   only the seen items it owns), each call bounded by what is left of the
+   deadline and by `shard_timeout_ms`; a late or failed shard is named in
+   `degraded` (`shard-N`). The rows of the candidates come from the cache, the
+   rest in one lookup per shard.
    Item-kNN and ALS candidates join; every candidate gets the four features
    of `retrieval.fusion` (cosine, item-kNN, ALS, popularity) and their
    weighted sum is its score. Cold users with no query get popularity.
@@ -59,7 +61,7 @@ from retrieval.config import AppConfig
 from retrieval.fusion import FEATURES, FusionWeights, fuse
 from retrieval.merge import merge_top_k
 from retrieval.profiles import blend_query, user_profile
-from retrieval.shards import Hit, shard_of
+from retrieval.shards import Hit, Scored, shard_of
 
 __all__ = [
     "Answer",
@@ -75,9 +77,9 @@ EncodeFn = Callable[[str], Awaitable[np.ndarray]]
 class ShardClient(Protocol):
     """One shard as the router sees it (a Serve handle or a local core)."""
 
-    async def search(
+    async def search_ids(
         self, vector: np.ndarray, k: int, exclude: list[str], categories: list[str] | None
-    ) -> list[Hit]: ...
+    ) -> list[Scored]: ...
 
     async def lookup(self, item_ids: list[str]) -> dict[str, tuple[Hit, np.ndarray]]: ...
 
@@ -443,18 +445,30 @@ class RouterCore:
         degraded: list[str],
     ) -> list[_Candidate]:
         n = max(k, self.config.retriever.candidates)
+        # Each shard is sent only the seen items it owns, and answers ids and scores.
+        seen_by_shard: dict[int, list[str]] = {s: [] for s in range(len(self.shards))}
+        for item_id in seen:
+            seen_by_shard[shard_of(item_id, len(self.shards))].append(item_id)
         calls = {
-            s: shard.search(vector, n, seen, categories) for s, shard in enumerate(self.shards)
+            s: shard.search_ids(vector, n, seen_by_shard[s], categories)
+            for s, shard in enumerate(self.shards)
         }
         results = await self._gather_shards(calls, clock, degraded)
-        pool = {
-            hit.item_id: _Candidate(hit=hit, features=_features(ann=hit.score), sources=["ann"])
-            for hit in merge_top_k(results.values(), n)
-        }
+        nearest = merge_top_k(results.values(), n)
         lookups, tops = self._collaborative(history_ids, seen)
-        proposed = list(dict.fromkeys(i for ids in tops.values() for i in ids))
-        new = [i for i in proposed if i not in pool]
-        rows = await self._lookup(new, clock, degraded) if new else {}
+        ann_ids = [hit.item_id for hit in nearest]
+        found_by_ann = set(ann_ids)
+        proposed = dict.fromkeys(i for ids in tops.values() for i in ids)
+        new = [i for i in proposed if i not in found_by_ann]
+        # One lookup for every row not cached: the nearest items and the collaborative ones.
+        rows = await self._lookup(ann_ids + new, clock, degraded)
+        pool: dict[str, _Candidate] = {}
+        for hit in nearest:
+            if hit.item_id in rows:  # else deleted since the search, or its shard failed
+                row = dataclasses.replace(rows[hit.item_id][0], score=hit.score)
+                pool[hit.item_id] = _Candidate(
+                    hit=row, features=_features(ann=hit.score), sources=["ann"]
+                )
         for item_id in new:
             if item_id not in rows:
                 continue

@@ -56,6 +56,19 @@ def test_category_filter_and_exclusions_fill_k(index):
     assert all(h.categories == ["Horror"] for h in merged)
 
 
+def test_search_ids_answers_what_search_does_without_the_rows(index):
+    _, catalog, vectors, _, shards = index
+    exclude = [str(i + 1) for i in range(0, 600, 5)]
+    for q in (vectors[3], vectors[77]):
+        for shard in shards:
+            full = shard.search(q, 12, exclude=exclude, categories=["Horror"])
+            ids_only = shard.search_ids(q, 12, exclude=exclude, categories=["Horror"])
+            assert [(h.item_id, h.score) for h in full] == [tuple(s) for s in ids_only]
+        merged = merge_top_k([s.search_ids(q, 10, exclude=exclude) for s in shards], 10)
+        allowed = np.array([str(i + 1) not in exclude for i in range(len(vectors))])
+        assert [s.item_id for s in merged] == exact_top_k(vectors, q, 10, allowed)
+
+
 def test_unknown_category_returns_nothing(index):
     *_, shards = index
     assert shards[0].search(np.ones(16, np.float32), 5, categories=["Opera"]) == []

@@ -22,6 +22,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from cluster import local  # noqa: E402
+from retrieval.build import prepare_demo  # noqa: E402
 from retrieval.config import INDEX_TYPES, AppConfig, resolve_path  # noqa: E402
 
 console = Console()
@@ -92,61 +93,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def build(data_dir: Path, shards: int, cfg: AppConfig, index_type: str | None = None) -> None:
-    from retrieval.build import build_index
-    from retrieval.encoder import SentenceEncoder
-    from retrieval.models import resolve_encoder
-
-    enc = cfg.encoder
-    encoder = SentenceEncoder(
-        resolve_encoder(enc.model),
-        model_id=enc.model,
-        device=enc.device,
-        max_seq_length=enc.max_seq_length,
-        batch_size=enc.build_batch_size,
-    )
-    t = time.perf_counter()
-    manifest = build_index(
-        data_dir,
-        encoder,
-        n_shards=shards,
-        batch_size=enc.build_batch_size,
-        index=cfg.retriever.index.model_copy(
-            update={"type": index_type or cfg.retriever.index.type}
-        ),
-    )
-    params = {k: v for k, v in manifest.index_params.items() if k != "factory"}
-    console.print(
-        f"built {manifest.n_shards} {manifest.index_type} shards {params or ''}, "
-        f"{manifest.items} items, dim {manifest.dim}, "
-        f"in {time.perf_counter() - t:.1f}s → {data_dir / 'index'}"
-    )
-
-
 def cmd_build(args: argparse.Namespace) -> int:
+    from retrieval.build import build_from_config, describe_build
+
     cfg = _app_config(args.config, args.data)
-    build(cfg.data_path, args.shards, cfg, args.index)
+    t = time.perf_counter()
+    manifest = build_from_config(cfg, args.shards, args.index)
+    console.print(f"{describe_build(manifest, cfg.index_path)} in {time.perf_counter() - t:.1f}s")
     return 0
-
-
-def ensure_demo(cfg: AppConfig, shards: int = 4) -> None:
-    """Models, demo data and index, each made only when missing."""
-    from retrieval.demo_data import make_demo_dataset
-    from retrieval.models import prepare_models
-
-    prepare_models(resolve_path(cfg.models_dir))
-    if not (cfg.data_path / "catalog.parquet").exists():
-        report = make_demo_dataset(cfg.data_path)
-        console.print(f"demo data: {report.items} items, {report.users} users → {cfg.data_path}")
-    if not (cfg.index_path / "manifest.json").exists():
-        build(cfg.data_path, shards, cfg)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     data = args.data or (DEMO_DATA if args.demo else None)
     cfg = _app_config(args.config, data)
     if args.demo:
-        ensure_demo(cfg)
+        prepare_demo(cfg, log=console.print)
     url = _up(args.config, cfg, args.address)
     console.print(f'[green]ready[/] at {url}  (try `llmrec query --text "..."`)')
     return 0
@@ -246,7 +207,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     cfg = _app_config(args.config, DEMO_DATA)
-    ensure_demo(cfg)
+    prepare_demo(cfg, log=console.print)
     url = _up(args.config, cfg)
     console.print(f"[green]ready[/] at {url} after {time.perf_counter() - started:.0f}s")
     try:

@@ -260,9 +260,9 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     else:
         axis, values = parse_sweep(args.sweep)
         if args.demo:
-            from cluster.cli import ensure_demo
+            from retrieval.build import prepare_demo
 
-            ensure_demo(cfg)
+            prepare_demo(cfg, log=console.print)
         resources = local.cluster_resources()
         if resources is None and not args.demo:
             raise LoadtestError(

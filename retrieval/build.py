@@ -12,18 +12,21 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from retrieval.collab import AlsModel, ItemKNN
-from retrieval.config import IndexBuildConfig
+from retrieval.config import AppConfig, IndexBuildConfig, resolve_path
 from retrieval.encoder import Encoder
 from retrieval.shards import Manifest, build_shards
 
 __all__ = [
     "ALS_NAME",
     "CF_NAME",
+    "build_from_config",
+    "describe_build",
     "build_index",
     "fit_collaborative",
     "item_texts",
     "load_als",
     "load_cf",
+    "prepare_demo",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,3 +110,51 @@ def load_als(index_dir: Path) -> AlsModel | None:
     """The ALS model beside the shards, or None when the build had no interactions."""
     path = Path(index_dir) / ALS_NAME
     return AlsModel.load(path) if path.exists() else None
+
+
+def build_from_config(
+    cfg: AppConfig, n_shards: int, index_type: str | None = None, data_dir: Path | None = None
+) -> Manifest:
+    """`llmrec build`: the index of `data_dir` (default the config's), with the encoder and
+    index settings of `cfg`; `index_type` overrides `retriever.index.type`."""
+    from retrieval.encoder import SentenceEncoder
+    from retrieval.models import resolve_encoder
+
+    enc = cfg.encoder
+    encoder = SentenceEncoder(
+        resolve_encoder(enc.model),
+        model_id=enc.model,
+        device=enc.device,
+        max_seq_length=enc.max_seq_length,
+        batch_size=enc.build_batch_size,
+    )
+    index = cfg.retriever.index
+    return build_index(
+        data_dir or cfg.data_path,
+        encoder,
+        n_shards=n_shards,
+        batch_size=enc.build_batch_size,
+        index=index.model_copy(update={"type": index_type or index.type}),
+    )
+
+
+def prepare_demo(cfg: AppConfig, n_shards: int = 4, log=log.info) -> None:
+    """Models, demo data and index of `cfg`'s data folder, each made only when missing."""
+    from retrieval.demo_data import make_demo_dataset
+    from retrieval.models import prepare_models
+
+    prepare_models(resolve_path(cfg.models_dir))
+    if not (cfg.data_path / "catalog.parquet").exists():
+        report = make_demo_dataset(cfg.data_path)
+        log(f"demo data: {report.items} items, {report.users} users → {cfg.data_path}")
+    if not (cfg.index_path / "manifest.json").exists():
+        log(describe_build(build_from_config(cfg, n_shards), cfg.index_path))
+
+
+def describe_build(manifest: Manifest, index_dir: Path) -> str:
+    """One line on a built index: shards, type, params, items, dimension and where."""
+    params = {k: v for k, v in manifest.index_params.items() if k != "factory"}
+    return (
+        f"built {manifest.n_shards} {manifest.index_type} shards {params or ''}, "
+        f"{manifest.items} items, dim {manifest.dim} → {index_dir}"
+    )

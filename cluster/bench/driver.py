@@ -24,7 +24,7 @@ import json
 import math
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -34,16 +34,20 @@ import httpx
 from retrieval.metrics import percentile_ms
 
 __all__ = [
+    "FAILURES",
     "ClosedLoopResult",
+    "NotOk",
+    "client_connections",
     "closed_loop",
     "closed_loop_http",
     "free_port",
+    "timeouts",
     "wait_until_up",
 ]
 
 T = TypeVar("T")
 
-_FAILURES = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException)
+FAILURES = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException)
 _JSON = [(b"content-type", b"application/json")]
 
 
@@ -134,8 +138,23 @@ async def closed_loop(
     return ClosedLoopResult(concurrency, window_s, answers, latencies, errors)
 
 
-class _NotOk(Exception):
+class NotOk(Exception):
     """An HTTP answer other than 200."""
+
+
+@contextlib.asynccontextmanager
+async def client_connections(concurrency: int) -> AsyncIterator[list[httpcore.AsyncConnectionPool]]:
+    """One keep-alive connection per client (see the module docstring), closed at the end."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(httpcore.AsyncConnectionPool(max_connections=1))
+            for _ in range(concurrency)
+        ]
+
+
+def timeouts(seconds: float) -> dict[str, dict[str, float]]:
+    """httpcore request extensions bounding connect, read, write and pool waits."""
+    return {"timeout": dict.fromkeys(("connect", "read", "write", "pool"), seconds)}
 
 
 async def closed_loop_http(
@@ -151,12 +170,8 @@ async def closed_loop_http(
 
     Answers other than 200, network and protocol errors and timeouts count as errors.
     """
-    extensions = {"timeout": dict.fromkeys(("connect", "read", "write", "pool"), timeout_s)}
-    async with contextlib.AsyncExitStack() as stack:
-        pools = [
-            await stack.enter_async_context(httpcore.AsyncConnectionPool(max_connections=1))
-            for _ in range(concurrency)
-        ]
+    extensions = timeouts(timeout_s)
+    async with client_connections(concurrency) as pools:
 
         async def send(c: int, k: int) -> None:
             body = json.dumps(make_body(k)).encode()
@@ -164,14 +179,14 @@ async def closed_loop_http(
                 "POST", url, headers=_JSON, content=body, extensions=extensions
             )
             if response.status != 200:
-                raise _NotOk(response.status)
+                raise NotOk(response.status)
 
         return await closed_loop(
             send,
             concurrency=concurrency,
             duration_s=duration_s,
             warmup_s=warmup_s,
-            failures=(*_FAILURES, _NotOk),
+            failures=(*FAILURES, NotOk),
         )
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import random
 import time
@@ -30,11 +29,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpcore
 from rich.console import Console
 from rich.table import Table
 
-from cluster.bench.driver import ClosedLoopResult, closed_loop
+from cluster.bench.driver import (
+    FAILURES,
+    ClosedLoopResult,
+    NotOk,
+    client_connections,
+    closed_loop,
+    timeouts,
+)
 from loadtest.runner import check_target
 from loadtest.traffic import TrafficData
 
@@ -44,11 +49,6 @@ console = Console()
 
 KINDS = ("floor", "user", "history", "query")
 HISTORY_LEN = 20
-_FAILURES = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException)
-
-
-class _NotOk(Exception):
-    """An HTTP answer other than 200."""
 
 
 Request = tuple[str, str, dict[str, Any] | None]
@@ -94,12 +94,8 @@ async def measure(
     timeout_s: float = 30.0,
 ) -> ClosedLoopResult[dict[str, float]]:
     """One closed-loop point; each answer is the service's `timings_ms` ({} for the floor)."""
-    extensions = {"timeout": dict.fromkeys(("connect", "read", "write", "pool"), timeout_s)}
-    async with contextlib.AsyncExitStack() as stack:
-        pools = [
-            await stack.enter_async_context(httpcore.AsyncConnectionPool(max_connections=1))
-            for _ in range(concurrency)
-        ]
+    extensions = timeouts(timeout_s)
+    async with client_connections(concurrency) as pools:
 
         async def send(c: int, k: int) -> dict[str, float]:
             method, path, body = make(k)
@@ -112,7 +108,7 @@ async def measure(
                 extensions=extensions,
             )
             if response.status != 200:
-                raise _NotOk(response.status)
+                raise NotOk(response.status)
             return json.loads(response.content).get("timings_ms", {}) if body is not None else {}
 
         return await closed_loop(
@@ -120,7 +116,7 @@ async def measure(
             concurrency=concurrency,
             duration_s=duration_s,
             warmup_s=warmup_s,
-            failures=(*_FAILURES, _NotOk),
+            failures=(*FAILURES, NotOk),
         )
 
 

@@ -401,19 +401,17 @@ class RouterCore:
 
     def _collaborative(
         self, history_ids: list[str], seen: list[str]
-    ) -> tuple[dict[str, Callable[[str], float]], dict[str, list[str]]]:
-        """Per model (`cf`, `als`): a normalised-score lookup by item id and its own top items.
+    ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+        """Per model (`cf`, `als`): its normalised score of every item and its own top items.
 
         Scores are divided by the user's best unseen score (ALS clipped at 0),
-        so 1.0 is the model's favourite and unknown or seen items score 0.
+        so 1.0 is the model's favourite and seen items score 0.
         """
         cfg = self.config.router
-        lookups: dict[str, Callable[[str], float]] = {}
+        normalised: dict[str, np.ndarray] = {}
         tops: dict[str, list[str]] = {}
-        for name, model, n in (
-            ("cf", self.cf, cfg.cf_candidates),
-            ("als", self.als, cfg.als_candidates),
-        ):
+        for name, n in (("cf", cfg.cf_candidates), ("als", cfg.als_candidates)):
+            model = self._models[name]
             if model is None or not history_ids:
                 continue
             scores = np.maximum(model.scores(history_ids), 0.0)
@@ -421,11 +419,13 @@ class RouterCore:
             top = float(scores.max()) if len(scores) else 0.0
             if top <= 0:
                 continue
-            scores = scores / top
-            lookups[name] = _score_lookup(model.index, scores)
-            best = np.argsort(-scores, kind="stable")[:n]
-            tops[name] = [model.item_ids[i] for i in best if scores[i] > 0]
-        return lookups, tops
+            normalised[name] = scores = scores / top
+            tops[name] = [model.item_ids[i] for i in _top_positions(scores, n) if scores[i] > 0]
+        return normalised, tops
+
+    @property
+    def _models(self) -> dict[str, ItemKNN | AlsModel | None]:
+        return {"cf": self.cf, "als": self.als}
 
     def _popularity_of(self, item_id: str) -> float:
         if self._popularity is None or self.cf is None:
@@ -455,7 +455,7 @@ class RouterCore:
         }
         results = await self._gather_shards(calls, clock, degraded)
         nearest = merge_top_k(results.values(), n)
-        lookups, tops = self._collaborative(history_ids, seen)
+        normalised, tops = self._collaborative(history_ids, seen)
         ann_ids = [hit.item_id for hit in nearest]
         found_by_ann = set(ann_ids)
         proposed = dict.fromkeys(i for ids in tops.values() for i in ids)
@@ -481,16 +481,18 @@ class RouterCore:
                 if item_id in pool:
                     pool[item_id].sources.append(source)
         candidates = list(pool.values())
-        for c in candidates:
-            item_id = c.hit.item_id
-            for column, name in ((_KNN, "cf"), (_ALS, "als")):
-                if name in lookups:
-                    c.features[column] = lookups[name](item_id)
-            c.features[_POP] = self._popularity_of(item_id)
-        if candidates:
-            scores = fuse(np.stack([c.features for c in candidates]), weights)
-            for c, score in zip(candidates, scores, strict=True):
-                c.score = float(score)
+        if not candidates:
+            return candidates
+        # Every candidate's features at once: one position lookup per model, then arrays.
+        item_ids = [c.hit.item_id for c in candidates]
+        features = np.stack([c.features for c in candidates])
+        for column, name in ((_KNN, "cf"), (_ALS, "als")):
+            if name in normalised:
+                features[:, column] = _gather(normalised[name], self._models[name].index, item_ids)
+        if self._popularity is not None:
+            features[:, _POP] = _gather(self._popularity, self.cf.index, item_ids)
+        for c, row, score in zip(candidates, features, fuse(features, weights), strict=True):
+            c.features, c.score = row, float(score)
         return candidates
 
     async def _popular(
@@ -613,12 +615,25 @@ def _context(history: list[Hit], query: str | None, candidates: list[_Candidate]
     )
 
 
-def _score_lookup(index: dict[str, int], scores: np.ndarray) -> Callable[[str], float]:
-    def score(item_id: str) -> float:
-        pos = index.get(item_id)
-        return float(scores[pos]) if pos is not None else 0.0
+def _gather(values: np.ndarray, index: dict[str, int], item_ids: list[str]) -> np.ndarray:
+    """`values` at the positions of `item_ids` in `index`; 0 for ids it does not know."""
+    pos = np.fromiter((index.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+    return np.where(pos >= 0, values[np.maximum(pos, 0)], 0.0)
 
-    return score
+
+def _top_positions(scores: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the `n` highest scores, best first (ties by position), without a full sort."""
+    if n <= 0:
+        return np.empty(0, dtype=np.int64)
+    if n < len(scores):
+        part = np.argpartition(-scores, n - 1)[:n]
+        # argpartition leaves ties at the cut arbitrary: take every score equal to the n-th.
+        cut = scores[part].min()
+        part = np.flatnonzero(scores >= cut)
+    else:
+        part = np.arange(len(scores))
+    order = np.lexsort((part, -scores[part]))
+    return part[order][:n]
 
 
 def _features(ann: float = 0.0, popularity: float = 0.0) -> np.ndarray:

@@ -117,7 +117,7 @@ def render_serve_config(
     """
     config = load_serve_config(path)
     app = config["applications"][0]
-    args = _merge(app.get("args") or {}, overrides or {})
+    args = merge_overrides(app.get("args") or {}, overrides or {})
     if data_dir is not None:
         args["data_dir"] = str(Path(data_dir).resolve())
     cfg = AppConfig.model_validate(args)
@@ -127,10 +127,11 @@ def render_serve_config(
     return config, cfg
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_overrides(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` laid over it, nested sections merged key by key."""
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+        out[key] = merge_overrides(out.get(key) or {}, value) if isinstance(value, dict) else value
     return out
 
 

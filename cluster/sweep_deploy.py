@@ -32,7 +32,6 @@ __all__ = [
     "ServeDeployer",
     "local_gpus",
     "logical_cpus_needed",
-    "merge_overrides",
     "plan_points",
     "restore_app",
     "settled",
@@ -40,14 +39,6 @@ __all__ = [
 
 APP_NAME = "llmrec"
 ENCODER, RERANKER = "Encoder", "Reranker"
-
-
-def merge_overrides(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `extra` laid over it, nested sections merged key by key."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge_overrides(out.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
 
 
 def plan_points(
@@ -169,7 +160,7 @@ class ServeDeployer:
         self.dashboard, self.timeout_s, self.notes = dashboard, timeout_s, notes
 
     def __call__(self, point: SweepPoint) -> Deployed:
-        overrides = merge_overrides(self.base_overrides, self.plan[point.label])
+        overrides = local.merge_overrides(self.base_overrides, self.plan[point.label])
         expected = {ENCODER: point.replicas}
         if self.rerank:
             expected[RERANKER] = point.replicas

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from cluster.loadtest_cmd import parse_sets
-from cluster.local import replicas_running
-from cluster.sweep_deploy import logical_cpus_needed, merge_overrides, plan_points, settled
+from cluster.local import merge_overrides, replicas_running
+from cluster.sweep_deploy import logical_cpus_needed, plan_points, settled
 from loadtest.errors import LoadtestError, TargetRefused
 from loadtest.locust_csv import HISTORY_COLUMNS, STATS_COLUMNS, write_locust_csv
 from loadtest.report import build_report, headline_step

@@ -11,6 +11,7 @@ __all__ = [
     "LlmrecError",
     "InvalidInput",
     "Unauthorized",
+    "Forbidden",
     "NotFound",
     "PayloadTooLarge",
     "Overloaded",
@@ -47,6 +48,10 @@ class InvalidInput(LlmrecError):
 
 class Unauthorized(LlmrecError):
     status, kind = 401, "unauthorized"
+
+
+class Forbidden(LlmrecError):
+    status, kind = 403, "forbidden"
 
 
 class NotFound(LlmrecError):

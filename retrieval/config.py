@@ -377,8 +377,17 @@ class RouterConfig(_Section):
     explain_top: int = Field(10, ge=1, le=20)
     """Only the first this-many final items get a generated explanation (at most 20: one
     letter each in the explain prompt)."""
-    api_keys: list[str] = []
-    """When non-empty, requests must carry `Authorization: Bearer <key>` with one of these."""
+    api_keys_file: str | None = None
+    """A file of API keys, one per line: `read <key>` (recommend, get an item) or `write
+    <key>` (also upsert, delete, feedback); blank lines and `#` comments are skipped (so a key
+holds no space, `#` or comma). Read
+    when a router replica starts, so keys never appear in the Serve config. With keys (from
+    here or `api_keys_env`) every API call needs `Authorization: Bearer <key>`."""
+    api_keys_env: str | None = None
+    """The name of an environment variable of the router replicas that holds keys in the
+    same form, entries separated by newlines or commas (e.g. set through a runtime_env)."""
+    docs: bool | None = None
+    """Serve `/docs` and `/openapi.json`; by default only when no API keys are set."""
 
 
 class AppConfig(_Section):

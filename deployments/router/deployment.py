@@ -16,10 +16,10 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.errors import BackendUnavailable, LlmrecError, QueueFull
+from deployments.router.auth import ApiKeys
 from deployments.router.core import RouterCore
 from deployments.router.feedback import FEEDBACK_FILE, FeedbackLog, apply_event, load_histories
 from deployments.router.http import (
-    check_auth,
     error_response,
     parse_feedback,
     parse_items,
@@ -63,6 +63,12 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 api.add_exception_handler(Exception, _internal_error)
 
 HEALTH_TIMEOUT_S = 30.0
+_DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+
+def _hide_docs(app: FastAPI) -> None:
+    """Drop the interactive docs and the OpenAPI schema (they describe every route)."""
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") not in _DOC_PATHS]
 
 
 class _Remote:
@@ -117,6 +123,10 @@ class Router:
         reranker: DeploymentHandle | None = None,
     ) -> None:
         self.config = AppConfig.model_validate(config)
+        self.keys = ApiKeys.from_config(self.config.router)
+        docs = self.config.router.docs
+        if not (docs if docs is not None else not self.keys.enabled):
+            _hide_docs(api)
         self.metrics = RouterMetrics()
         api.state.router_metrics = self.metrics
         self.encoder = _Remote(encoder)
@@ -151,7 +161,7 @@ class Router:
     @api.post("/v1/recommend")
     async def recommend(self, request: Request) -> Response:
         arrived = time.perf_counter()
-        check_auth(request.headers, self.config.router.api_keys)
+        self.keys.check(request.headers, "read")
         req = parse_recommend(await request.body(), self.config.router.max_body_bytes)
         response = await self.core.recommend(req, arrived)
         self.metrics.answered(response)
@@ -159,7 +169,7 @@ class Router:
 
     @api.get("/v1/items/{item_id}")
     async def get_item(self, item_id: str, request: Request) -> Response:
-        check_auth(request.headers, self.config.router.api_keys)
+        self.keys.check(request.headers, "read")
         hit = await self.items.find(item_id)
         return JSONResponse(
             {
@@ -178,7 +188,7 @@ class Router:
         shard fails the answer is 502 naming it; the others kept their part, and
         sending the same request again is safe (an upsert replaces).
         """
-        check_auth(request.headers, self.config.router.api_keys)
+        self.keys.check(request.headers, "write")
         rc = self.config.retriever
         req = parse_items(await request.body(), rc.upsert_max_bytes, rc.upsert_max_items)
         return JSONResponse({"upserted": await self.items.upsert(req.items)})
@@ -186,7 +196,7 @@ class Router:
     @api.delete("/v1/items/{item_id}")
     async def delete_item(self, item_id: str, request: Request) -> Response:
         """Delete one item from its shard; 404 when no shard has it."""
-        check_auth(request.headers, self.config.router.api_keys)
+        self.keys.check(request.headers, "write")
         await self.items.delete(item_id)
         return JSONResponse({"deleted": item_id})
 
@@ -196,7 +206,7 @@ class Router:
 
         404 for an item no shard has. The event is on disk before the answer.
         """
-        check_auth(request.headers, self.config.router.api_keys)
+        self.keys.check(request.headers, "write")
         event = parse_feedback(await request.body(), self.config.router.max_body_bytes)
         await self.items.find(event.item_id)
         await asyncio.to_thread(self.feedback.append, event)

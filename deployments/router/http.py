@@ -12,7 +12,7 @@ from typing import TypeVar
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from deployments.errors import InvalidInput, LlmrecError, PayloadTooLarge, Unauthorized
+from deployments.errors import InvalidInput, LlmrecError, PayloadTooLarge
 from deployments.router.schemas import (
     FeedbackEvent,
     RecommendRequest,
@@ -21,7 +21,6 @@ from deployments.router.schemas import (
 )
 
 __all__ = [
-    "check_auth",
     "error_response",
     "parse_feedback",
     "parse_items",
@@ -32,16 +31,6 @@ __all__ = [
 
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def check_auth(headers: Mapping[str, str], api_keys: list[str]) -> None:
-    """Raise Unauthorized unless keys are off or `Authorization: Bearer <key>` names one."""
-    if not api_keys:
-        return
-    auth = headers.get("authorization", "")
-    scheme, _, key = auth.partition(" ")
-    if scheme.lower() != "bearer" or key.strip() not in api_keys:
-        raise Unauthorized("missing or invalid API key (Authorization: Bearer <key>)")
 
 
 def _field_path(loc: tuple) -> str:

@@ -25,6 +25,7 @@ from rich.console import Console
 from cluster import local
 from cluster.faults import ENGINE, ReplicaKiller
 from deployments.router.feedback import FEEDBACK_FILE, FeedbackLog
+from loadtest.auth import add_api_key_argument, api_key_from, auth_headers
 from loadtest.chaos import ChaosPlan, chaos_report, run_chaos, write_chaos_report
 from loadtest.scenario import load_scenario
 from loadtest.traffic import TrafficData
@@ -64,6 +65,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
             plan,
             ReplicaKiller(seed=args.seed),
             feedback_recorded=feedback.recorded,
+            headers=auth_headers(api_key_from(args.api_key)),
             progress=console.print,
         )
     )
@@ -90,6 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
+    add_api_key_argument(s)
     s.add_argument("--data", help="dataset folder (default: the config's data_dir)")
     s.add_argument("--scenario", default="chaos", help="load scenario (default: chaos)")
     s.add_argument("--duration", type=float, default=600.0, help="seconds of load (default 600)")

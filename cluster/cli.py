@@ -22,6 +22,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from cluster import local  # noqa: E402
+from loadtest.auth import add_api_key_argument, api_key_from, auth_headers  # noqa: E402
 from retrieval.build import prepare_demo  # noqa: E402
 from retrieval.config import INDEX_TYPES, AppConfig, resolve_path  # noqa: E402
 
@@ -154,10 +155,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if code == 200 else 1
 
 
-def query(url: str, body: dict[str, Any], timeout: float = 120.0) -> tuple[int, dict]:
+def query(
+    url: str, body: dict[str, Any], timeout: float = 120.0, *, api_key: str | None = None
+) -> tuple[int, dict]:
+    """`POST {url}/v1/recommend` with `body`, sending `api_key` as a bearer token if given."""
     import httpx
 
-    r = httpx.post(f"{url}/v1/recommend", json=body, timeout=timeout)
+    r = httpx.post(f"{url}/v1/recommend", json=body, headers=auth_headers(api_key), timeout=timeout)
     return r.status_code, r.json()
 
 
@@ -195,7 +199,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         body["query"] = args.text
     if args.category:
         body["filters"] = {"category": args.category}
-    code, answer = query(args.url, body)
+    code, answer = query(args.url, body, api_key=api_key_from(args.api_key))
     if code != 200:
         console.print(f"[red]{code}[/] {json.dumps(answer)}")
         return 1
@@ -210,12 +214,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     prepare_demo(cfg, log=console.print)
     url = _up(args.config, cfg)
     console.print(f"[green]ready[/] at {url} after {time.perf_counter() - started:.0f}s")
+    api_key = api_key_from(args.api_key)
     try:
         for title, body in (
             ("demo user 1 (history from the log)", {"user_id": "1"}),
             (f"free text: {DEMO_QUERY!r}", {"query": DEMO_QUERY}),
         ):
-            code, answer = query(url, {**body, "k": 10, "rerank": True, "explain": True})
+            code, answer = query(
+                url, {**body, "k": 10, "rerank": True, "explain": True}, api_key=api_key
+            )
             if code != 200:
                 console.print(f"[red]{code}[/] {answer}")
                 return 1
@@ -245,6 +252,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="prepare models, make demo data, build, serve, query, stop")
     s.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")
+    add_api_key_argument(s)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("models", help="prepare the offline models")
@@ -314,6 +322,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=True)
     s.add_argument("--explain", action=argparse.BooleanOptionalAction, default=True)
     s.add_argument("--json", help="write the answer as JSON here")
+    add_api_key_argument(s)
     s.set_defaults(func=cmd_query)
 
     for module in COMMAND_MODULES:

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deployments.evaluation import EvalOptions, ServiceError, evaluate
+from loadtest.auth import add_api_key_argument, api_key_from
 from retrieval.fusion import FUSION_NAME
 from retrieval.split import leave_last_out, write_split
 
@@ -60,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "index was built from `--write-split` output",
     )
     s.add_argument("--concurrency", type=int, default=1, help="--url: requests in flight")
+    add_api_key_argument(s)
     s.add_argument("--tune", action="store_true", help="tune fusion and rerank weights first")
     s.add_argument("--fusion-out", help=f"where --tune writes (default: DATA/index/{FUSION_NAME})")
     s.add_argument(
@@ -116,8 +118,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _options(args: argparse.Namespace) -> EvalOptions:
     """The flags as `EvalOptions` (a bad combination is a ValueError naming the flags)."""
-    names = {f.name for f in dataclasses.fields(EvalOptions)} - {"progress"}
-    return EvalOptions(**{n: getattr(args, n) for n in names}, progress=not args.no_progress)
+    names = {f.name for f in dataclasses.fields(EvalOptions)} - {"progress", "api_key"}
+    return EvalOptions(
+        **{n: getattr(args, n) for n in names},
+        api_key=api_key_from(args.api_key),
+        progress=not args.no_progress,
+    )
 
 
 def _print(result: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ from cluster.sweep_deploy import (
     plan_points,
     restore_app,
 )
+from loadtest.auth import add_api_key_argument, api_key_from, auth_headers
 from loadtest.errors import LoadtestError
 from loadtest.overload import overload_report, run_overload
 from loadtest.progress import LiveProgress
@@ -172,6 +173,7 @@ def _run(
             progress=live,
             health_timeout_s=args.deploy_timeout,
             log=console.print,
+            headers=auth_headers(api_key_from(args.api_key)),
         )
 
     if args.no_progress:
@@ -206,6 +208,7 @@ def cmd_overload(args: argparse.Namespace) -> int:
             capacity_s=args.capacity_s,
             step_s=scenario.duration_s,
             allow_hosts=tuple(args.allow_host),
+            headers=auth_headers(api_key_from(args.api_key)),
         )
     )
     report = overload_report(run)
@@ -393,6 +396,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="HTTP client of the generator (default aiohttp: httpx's pool saturates past ~100 rps)",
     )
     s.add_argument("--allow-host", action="append", default=[], help="allow a non-local target")
+    add_api_key_argument(s)
     s.add_argument("--dashboard", default=DEFAULT_DASHBOARD, help="Ray dashboard (Serve REST API)")
     s.add_argument(
         "--deploy-timeout", type=float, default=900.0, help="seconds to wait for each point"

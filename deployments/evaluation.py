@@ -27,7 +27,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
@@ -58,6 +58,9 @@ from retrieval.metrics import latency_summary, score_rankings
 from retrieval.shards import Hit, Scored, Shard, load_manifest
 from retrieval.split import Split, leave_last_out
 
+if TYPE_CHECKING:
+    import httpx
+
 __all__ = ["EvalOptions", "ServiceError", "evaluate"]
 
 console = Console()
@@ -80,6 +83,8 @@ class EvalOptions:
     """Ask the running service here instead of the in-process pipeline."""
     concurrency: int = 1
     """With `url`: requests in flight."""
+    api_key: str | None = dataclasses.field(default=None, repr=False)
+    """With `url`: sent as `Authorization: Bearer <key>` (kept out of the repr)."""
     tune: bool = False
     """Tune the fusion and rerank weights on the validation split first."""
     fusion_out: str | None = None
@@ -104,6 +109,17 @@ _MAX_SENT_HISTORY = 1000  # the API's limit on `history`
 
 class ServiceError(RuntimeError):
     """The service under evaluation answered something other than 200."""
+
+
+def _service_client(opts: EvalOptions) -> httpx.AsyncClient:
+    """The client of a served eval: `opts.url`, its API key on every request."""
+    import httpx
+
+    return httpx.AsyncClient(
+        base_url=opts.url or "",
+        headers={"authorization": f"Bearer {opts.api_key}"} if opts.api_key else {},
+        timeout=_EVAL_DEADLINE_MS / 1000,
+    )
 
 
 class _LocalShard:
@@ -298,9 +314,7 @@ async def evaluate(
 async def _served_rankings(
     opts: EvalOptions, split: Split, users: list[str], **flags: Any
 ) -> tuple[dict[str, list[str]], list[float]]:
-    import httpx
-
-    async with httpx.AsyncClient(base_url=opts.url, timeout=_EVAL_DEADLINE_MS / 1000) as client:
+    async with _service_client(opts) as client:
 
         async def rank(user: str) -> list[str]:
             body = _request(split.histories[user], opts.depth, **flags).model_dump(
@@ -477,9 +491,7 @@ async def _explain_eval(
     examples: list[dict[str, Any]] = []
     seconds: list[float] = []
     if opts.url:
-        import httpx
-
-        client = httpx.AsyncClient(base_url=opts.url, timeout=_EVAL_DEADLINE_MS / 1000)
+        client = _service_client(opts)
     elif world.engine is None:
         return {"skipped": world.engine_error or "no LLM"}
     else:

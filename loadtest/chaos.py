@@ -25,7 +25,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,23 +107,31 @@ async def run_chaos(
     feedback_recorded: Callable[[], set[tuple[str, str, str]]] | None = None,
     allow_hosts: tuple[str, ...] = (),
     transport: httpx.AsyncBaseTransport | None = None,
+    headers: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ChaosRun:
     """Load `url` for `plan.duration_s` while `kill` strikes on schedule (module docstring).
 
     `feedback_recorded()` returns the (user, item, ts) of every event the
     service holds; without it feedback writes are counted as unchecked.
+    `headers` go on every request: the load, the health polls and the read-backs.
     """
     scenario = scenario.with_overrides(
         duration_s=plan.duration_s, warmup_s=0.0, retry_failed=True, seed=plan.seed
     )
-    runner = LoadRunner(url, scenario, traffic, allow_hosts=allow_hosts, transport=transport)
+    runner = LoadRunner(
+        url, scenario, traffic, allow_hosts=allow_hosts, transport=transport, headers=headers
+    )
     say = progress or (lambda _line: None)
     load = asyncio.create_task(runner.run())
     kills: list[Kill] = []
     watchers: list[asyncio.Task] = []
     async with httpx.AsyncClient(
-        base_url=runner.url, timeout=10.0, trust_env=False, transport=transport
+        base_url=runner.url,
+        headers=runner.headers,
+        timeout=10.0,
+        trust_env=False,
+        transport=transport,
     ) as client:
         started = time.perf_counter()
         order = _target_order(plan)

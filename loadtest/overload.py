@@ -16,6 +16,7 @@ and CPU (near a whole core, the latencies are partly the generator's).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,11 +52,12 @@ async def run_overload(
     capacity_rps: float | None = None,
     allow_hosts: tuple[str, ...] = (),
     transport: httpx.AsyncBaseTransport | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> OverloadRun:
     """Capacity (measured unless `capacity_rps` is given), then `factor` times it, open loop.
 
     The deadline compared against is the tasks' `deadline_ms` (they must all name the same
-    one); `LoadtestError` when they do not.
+    one); `LoadtestError` when they do not. `headers` go on every request.
     """
     deadlines = {t.deadline_ms for t in scenario.tasks if t.weight > 0 and t.kind != "feedback"}
     if len(deadlines) != 1 or None in deadlines:
@@ -68,7 +70,7 @@ async def run_overload(
             duration_s=capacity_s,
         )
         measured = await LoadRunner(
-            url, closed, traffic, allow_hosts=allow_hosts, transport=transport
+            url, closed, traffic, allow_hosts=allow_hosts, transport=transport, headers=headers
         ).run()
         capacity_rps = measured.total_summary().throughput_rps
     offered = max(capacity_rps * factor, 0.1)
@@ -76,7 +78,7 @@ async def run_overload(
         mode="open", rates_rps=[offered], duration_s=step_s, warmup_s=0.0
     )
     result = await LoadRunner(
-        url, open_loop, traffic, allow_hosts=allow_hosts, transport=transport
+        url, open_loop, traffic, allow_hosts=allow_hosts, transport=transport, headers=headers
     ).run()
     return OverloadRun(capacity_rps, offered, float(deadlines.pop()), result)
 

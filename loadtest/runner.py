@@ -6,7 +6,8 @@
 the last step or when `max_requests` measured requests have been sent,
 whichever comes first, and then waits at most `request_timeout_s` for
 answers still in flight. Only localhost is a valid target unless
-`allow_hosts` names the URL's host.
+`allow_hosts` names the URL's host. `headers` go on every request (the API key:
+`loadtest.auth.auth_headers`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -162,8 +163,10 @@ class LoadRunner:
         progress: ProgressHook | None = None,
         label: str = "",
         transport: httpx.AsyncBaseTransport | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.url = check_target(url, allow_hosts)
+        self.headers = dict(headers or {})
         self.scenario = scenario
         self.traffic = traffic
         self.progress = progress
@@ -454,6 +457,7 @@ class LoadRunner:
         cpu0 = time.process_time()
         async with httpx.AsyncClient(
             base_url=self.url,
+            headers=self.headers,
             timeout=sc.request_timeout_s,
             limits=limits,
             trust_env=False,

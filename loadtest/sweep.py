@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,13 +101,14 @@ def wait_for_health(
     timeout_s: float = 600.0,
     poll_s: float = 1.0,
     on_wait: Callable[[str], None] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> None:
     """Block until `GET {url}/v1/health` answers 200; raises LoadtestError after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            r = httpx.get(f"{url}/v1/health", timeout=30.0, trust_env=False)
+            r = httpx.get(f"{url}/v1/health", headers=headers, timeout=30.0, trust_env=False)
             if r.status_code == 200:
                 return
             last = f"{r.status_code} {r.text[:200]}"
@@ -130,8 +131,9 @@ async def run_sweep(
     progress: ProgressHook | None = None,
     health_timeout_s: float = 600.0,
     log: Callable[[str], None] = print,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[list[PointResult], str | None]:
-    """Deploy and measure every point in order.
+    """Deploy and measure every point in order; `headers` go on every request.
 
     Returns the measured points and, when a deploy or health wait failed, the
     error that stopped the sweep (points measured before it are kept).
@@ -141,7 +143,9 @@ async def run_sweep(
         try:
             t = time.perf_counter()
             deployed = await asyncio.to_thread(deploy, point)
-            await asyncio.to_thread(wait_for_health, deployed.url, timeout_s=health_timeout_s)
+            await asyncio.to_thread(
+                wait_for_health, deployed.url, timeout_s=health_timeout_s, headers=headers
+            )
             if not deployed.deploy_s:
                 deployed = Deployed(deployed.url, deployed.replicas_seen, time.perf_counter() - t)
         except LoadtestError as exc:
@@ -155,6 +159,7 @@ async def run_sweep(
             allow_hosts=allow_hosts,
             progress=progress,
             label=point.label,
+            headers=headers,
         )
         run = await runner.run()
         steps = run.step_summaries()

@@ -40,6 +40,7 @@ from cluster.bench.driver import (
     closed_loop,
     timeouts,
 )
+from loadtest.auth import add_api_key_argument, api_key_from, auth_headers
 from loadtest.runner import check_target
 from loadtest.traffic import TrafficData
 
@@ -92,14 +93,17 @@ async def measure(
     duration_s: float,
     warmup_s: float,
     timeout_s: float = 30.0,
+    api_key: str | None = None,
 ) -> ClosedLoopResult[dict[str, float]]:
     """One closed-loop point; each answer is the service's `timings_ms` ({} for the floor)."""
     extensions = timeouts(timeout_s)
+    auth = [(k.encode(), v.encode()) for k, v in auth_headers(api_key).items()]
     async with client_connections(concurrency) as pools:
 
         async def send(c: int, k: int) -> dict[str, float]:
             method, path, body = make(k)
             headers = [(b"content-type", b"application/json")] if body is not None else []
+            headers += auth
             response = await pools[c].request(
                 method,
                 url + path,
@@ -137,9 +141,13 @@ async def run_pipeline_bench(
     duration_s: float = 10.0,
     warmup_s: float = 3.0,
     seed: int = 0,
+    api_key: str | None = None,
     log: Callable[[str], None] = lambda line: None,
 ) -> list[dict[str, Any]]:
-    """Every (concurrency, kind) point, the floor first at each concurrency (module docstring)."""
+    """Every (concurrency, kind) point, the floor first at each concurrency (module docstring).
+
+    `api_key` goes on every request as `Authorization: Bearer <key>`.
+    """
     rows = []
     for concurrency in concurrencies:
         floor: dict[str, Any] | None = None
@@ -151,6 +159,7 @@ async def run_pipeline_bench(
                 concurrency=concurrency,
                 duration_s=duration_s,
                 warmup_s=warmup_s,
+                api_key=api_key,
             )
             row: dict[str, Any] = {
                 "kind": kind,
@@ -187,6 +196,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds per point")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--allow-host", action="append", default=[], help="allow a non-local target")
+    add_api_key_argument(p)
     p.add_argument("--json", help="write the rows as JSON here")
     p.set_defaults(func=cmd_bench_pipeline)
 
@@ -207,6 +217,7 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
             duration_s=args.duration,
             warmup_s=args.warmup,
             seed=args.seed,
+            api_key=api_key_from(args.api_key),
             log=console.print,
         )
     )

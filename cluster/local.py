@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -76,17 +77,34 @@ def _bin(name: str) -> str:
     return found
 
 
-def _ray_env() -> dict[str, str]:
-    """The environment for Ray's CLIs, with one auth mode for the head and its clients.
+def ensure_auth_token(path: Path) -> Path:
+    """Ray's auth token file: made once (64 hex characters) and kept readable by its owner only.
 
-    `ray start` turns token auth on when a token file exists (Ray >= 2.52 writes
-    ~/.ray/auth_token on a first local `ray.init()`), but `ray status` and `serve`
-    only send the token when RAY_AUTH_MODE=token; set it so all of them agree.
+    A token that exists already is kept (other Ray tools on this machine use it); only its
+    mode is narrowed to 600.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return path
+
+
+def _ray_env() -> dict[str, str]:
+    """The environment for Ray's CLIs: token auth on, for the head and every client of it.
+
+    Unless the caller chose an auth mode, the head `up` starts requires the token of
+    `RAY_AUTH_TOKEN` or of the token file (made here when missing, mode 600), and
+    `ray status` and `serve` send it (they do only with RAY_AUTH_MODE=token).
     """
     env = dict(os.environ)
-    token_file = Path(env.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token").expanduser()
-    if "RAY_AUTH_MODE" not in env and ("RAY_AUTH_TOKEN" in env or token_file.exists()):
+    if "RAY_AUTH_MODE" not in env:
         env["RAY_AUTH_MODE"] = "token"
+    if env["RAY_AUTH_MODE"] == "token" and "RAY_AUTH_TOKEN" not in env:
+        ensure_auth_token(Path(env.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token").expanduser())
     return env
 
 

@@ -57,3 +57,19 @@ def test_up_says_so_when_serve_fails_to_deploy(data_dir, monkeypatch):
     _serve_says(monkeypatch, ["DEPLOY_FAILED"])
     with pytest.raises(local.ClusterError, match="could not deploy 'llmrec'"):
         local.up(data_dir=data_dir, timeout_s=600)
+
+
+def test_the_ray_token_is_made_once_and_kept_private(tmp_path, monkeypatch):
+    token = tmp_path / "ray" / "auth_token"
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    env = local._ray_env()
+    assert env["RAY_AUTH_MODE"] == "token"
+    first = token.read_text()
+    assert len(first) == 64 and token.stat().st_mode & 0o777 == 0o600
+    token.chmod(0o644)  # e.g. written by another tool
+    local._ray_env()
+    assert token.read_text() == first and token.stat().st_mode & 0o777 == 0o600
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the caller's choice stands
+    assert local._ray_env()["RAY_AUTH_MODE"] == "disabled"

@@ -238,14 +238,15 @@ def serve_status(address: str = DASHBOARD) -> dict[str, Any] | None:
         return None
 
 
-def _app_details(status: dict[str, Any] | None, app: str) -> dict[str, Any] | None:
+def app_details(status: dict[str, Any] | None, app: str) -> dict[str, Any] | None:
+    """The entry of `app` in a `serve status` dict; None if the app is absent."""
     return ((status or {}).get("applications") or {}).get(app)
 
 
 def replicas_running(status: dict[str, Any] | None, app: str) -> dict[str, int] | None:
     """RUNNING replicas per deployment of `app` in a `serve status` dict (`serve_status`, or
     `dataclasses.asdict(serve.status())` in a Serve driver); None if the app is absent."""
-    details = _app_details(status, app)
+    details = app_details(status, app)
     if details is None:
         return None
     return {
@@ -256,7 +257,7 @@ def replicas_running(status: dict[str, Any] | None, app: str) -> dict[str, int] 
 
 def app_status(status: dict[str, Any] | None, app: str) -> str | None:
     """The status of `app` (RUNNING, DEPLOYING, DEPLOY_FAILED, ...) in a `serve status` dict."""
-    details = _app_details(status, app)
+    details = app_details(status, app)
     return None if details is None else details.get("status")
 
 

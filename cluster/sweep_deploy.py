@@ -89,7 +89,7 @@ def settled(
 
     Returns (settled, what it is waiting for). Raises LoadtestError when the deploy failed.
     """
-    details = ((status or {}).get("applications") or {}).get(app)
+    details = local.app_details(status, app)
     if details is None:
         return False, f"app {app!r} not deployed yet"
     state = details.get("status")

@@ -32,8 +32,17 @@ FEATURES = ("ann", "item_knn", "als", "popularity")
 """Column order of candidate feature matrices."""
 
 
-def _router_default(name: str) -> float:
-    return RouterConfig.model_fields[name].default
+_CONFIG_FIELDS = {
+    "ann": "ann_weight",
+    "item_knn": "cf_weight",
+    "als": "als_weight",
+    "popularity": "popularity_weight",
+}
+"""Each feature weight's `RouterConfig` field."""
+
+
+def _router_default(feature: str) -> float:
+    return RouterConfig.model_fields[_CONFIG_FIELDS[feature]].default
 
 
 @dataclass(frozen=True)
@@ -48,10 +57,10 @@ class FusionWeights:
     `tuned` records how the weights were chosen (split, users, NDCG), if they were.
     """
 
-    ann: float = _router_default("ann_weight")
-    item_knn: float = _router_default("cf_weight")
-    als: float = _router_default("als_weight")
-    popularity: float = _router_default("popularity_weight")
+    ann: float = _router_default("ann")
+    item_knn: float = _router_default("item_knn")
+    als: float = _router_default("als")
+    popularity: float = _router_default("popularity")
     rerank: float | None = None
     tuned: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -74,12 +83,7 @@ class FusionWeights:
     @classmethod
     def from_config(cls, router: RouterConfig) -> FusionWeights:
         """The weights a router config names (used when no `fusion.json` is given)."""
-        return cls(
-            ann=router.ann_weight,
-            item_knn=router.cf_weight,
-            als=router.als_weight,
-            popularity=router.popularity_weight,
-        )
+        return cls(**{feature: getattr(router, name) for feature, name in _CONFIG_FIELDS.items()})
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from retrieval.catalog_types import CATALOG_SCHEMA
 from retrieval.config import IndexBuildConfig
 from retrieval.index_types import CHUNK, ShardIndex, new_index, resolve_index
 from retrieval.integrity import (
@@ -58,14 +59,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 METRIC = "inner_product"
-ROW_SCHEMA = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("title", pa.string()),
-        ("text", pa.string()),
-        ("categories", pa.list_(pa.string())),
-    ]
-)
 
 
 def shard_of(item_id: str, n_shards: int) -> int:
@@ -211,7 +204,8 @@ def build_shards(
         owner = np.array(
             [shard_of(i, n_shards) for i in catalog["item_id"].to_pylist()], dtype=np.int64
         )
-        rows_table = catalog.select(ROW_SCHEMA.names).cast(ROW_SCHEMA)
+        # A shard's rows are its catalog rows, in the catalog's own schema.
+        rows_table = catalog.select(CATALOG_SCHEMA.names).cast(CATALOG_SCHEMA)
         files = []
         bar = tqdm(total=len(catalog), desc=f"indexing ({kind})", unit="item", disable=not progress)
         with bar:

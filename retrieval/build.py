@@ -112,11 +112,9 @@ def load_als(index_dir: Path) -> AlsModel | None:
     return AlsModel.load(path) if path.exists() else None
 
 
-def build_from_config(
-    cfg: AppConfig, n_shards: int, index_type: str | None = None, data_dir: Path | None = None
-) -> Manifest:
-    """`llmrec build`: the index of `data_dir` (default the config's), with the encoder and
-    index settings of `cfg`; `index_type` overrides `retriever.index.type`."""
+def build_from_config(cfg: AppConfig, n_shards: int, index_type: str | None = None) -> Manifest:
+    """`llmrec build`: the index of `cfg`'s data folder, with its encoder and index settings;
+    `index_type` overrides `retriever.index.type`."""
     from retrieval.encoder import SentenceEncoder
     from retrieval.models import resolve_encoder
 
@@ -130,7 +128,7 @@ def build_from_config(
     )
     index = cfg.retriever.index
     return build_index(
-        data_dir or cfg.data_path,
+        cfg.data_path,
         encoder,
         n_shards=n_shards,
         batch_size=enc.build_batch_size,

@@ -63,12 +63,13 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 api.add_exception_handler(Exception, _internal_error)
 
 HEALTH_TIMEOUT_S = 30.0
-_DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
 def _hide_docs(app: FastAPI) -> None:
     """Drop the interactive docs and the OpenAPI schema (they describe every route)."""
-    app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") not in _DOC_PATHS]
+    urls = (app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url)
+    hidden = {u for u in urls if u}
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") not in hidden]
 
 
 class _Remote:

@@ -24,6 +24,7 @@ from cluster import local
 from loadtest.errors import LoadtestError
 from loadtest.sweep import Deployed, SweepPoint
 from retrieval.config import AppConfig
+from retrieval.shards import ShardLayout
 
 __all__ = [
     "APP_NAME",
@@ -78,7 +79,8 @@ def logical_cpus_needed(cfg: AppConfig, max_replicas: int, n_shards: int) -> int
     """Logical CPUs the largest point asks Ray for, with room for a rolling router update."""
     per_replica = cfg.encoder.num_cpus + (cfg.reranker.num_cpus if cfg.reranker.enabled else 0)
     router = cfg.router.num_cpus * cfg.router.num_replicas
-    need = max_replicas * per_replica + 2 * router + n_shards * cfg.retriever.num_cpus
+    retrievers = ShardLayout(n_shards, cfg.retriever.shards_per_replica).n_replicas
+    need = max_replicas * per_replica + 2 * router + retrievers * cfg.retriever.num_cpus
     return max(os.cpu_count() or 2, math.ceil(need + 0.5))
 
 

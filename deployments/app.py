@@ -1,8 +1,9 @@
 """`build_app(args)`: the Serve application from an `AppConfig` dict.
 
 `ray_config.yaml` points here (`import_path: deployments.app:build_app`). The
-graph: Router (HTTP ingress) → Encoder pool, one ShardRetriever deployment per
-shard in the index manifest, and the vLLM Reranker when enabled.
+graph: Router (HTTP ingress) → Encoder pool, ShardRetriever deployments serving
+the shards of the index manifest (`retriever.shards_per_replica` each), and the
+vLLM Reranker when enabled.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from ray.serve import Application
 
 from deployments.encoder.deployment import Encoder
 from deployments.errors import QueueFull
-from deployments.retriever.deployment import bind_shard
+from deployments.retriever.deployment import bind_shards
 from deployments.router.deployment import Router
 from retrieval.config import AppConfig, resolve_path
-from retrieval.shards import load_manifest
+from retrieval.shards import ShardLayout, load_manifest
 
 __all__ = ["build_app"]
 
@@ -28,10 +29,11 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     enc = cfg.encoder
     # Fixed num_replicas or autoscaling_config, GPUs and queue depth: see EncoderConfig.
     encoder = Encoder.options(**enc.deployment_options()).bind(enc.model_dump())
+    layout = ShardLayout(manifest.n_shards, cfg.retriever.shards_per_replica)
     shards = [
-        # One replica each (it owns the shard's files); search settings apply in place.
-        bind_shard(str(cfg.index_path), i, cfg.retriever, manifest.dim)
-        for i in range(manifest.n_shards)
+        # One replica each (it owns its shards' files); search settings apply in place.
+        bind_shards(str(cfg.index_path), layout, g, cfg.retriever, manifest.dim)
+        for g in range(layout.n_replicas)
     ]
     reranker = None
     if cfg.reranker.enabled:

@@ -205,12 +205,17 @@ class IndexBuildConfig(_Section):
 
 class RetrieverConfig(_Section):
     num_cpus: float = Field(0.1, gt=0)
-    """Logical Ray CPUs per shard replica."""
+    """Logical Ray CPUs per retriever replica."""
     max_ongoing_requests: int = Field(128, ge=1)
     """Concurrent searches a shard replica accepts."""
     max_queued_requests: int = Field(128, ge=-1)
     """Searches Serve holds for a shard beyond `max_ongoing_requests` (-1: unbounded); past it
     the shard is refused at once and named in `degraded`."""
+    shards_per_replica: int = Field(4, ge=1, le=4096)
+    """Shards one retriever replica serves (`ShardLayout`): the router makes one call per
+    replica and the replica searches its shards and merges them, so fewer replicas cost
+    fewer Serve hops (the demo's 4 shards: one call). More replicas spread the shards over
+    nodes and fail apart; a replica that fails names each of its shards in `degraded`."""
     candidates: int = Field(50, ge=1, le=1000)
     """ANN candidates asked of every shard before fusion."""
     faiss_threads: int = Field(1, ge=1)

@@ -47,6 +47,7 @@ __all__ = [
     "MANIFEST_NAME",
     "Manifest",
     "ShardFiles",
+    "ShardLayout",
     "build_shards",
     "check_faiss_version",
     "load_manifest",
@@ -64,6 +65,47 @@ METRIC = "inner_product"
 def shard_of(item_id: str, n_shards: int) -> int:
     """The shard that owns `item_id` (stable across processes and runs)."""
     return zlib.crc32(item_id.encode()) % n_shards
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """Which retriever replica serves which shards.
+
+    Replica `g` serves shards `g * per_replica` up to the next replica's first
+    (the last replica may serve fewer). With `per_replica` 1 every shard is its
+    own replica; with `per_replica >= n_shards` one replica serves them all and a
+    search costs the router one call.
+    """
+
+    n_shards: int
+    per_replica: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n_shards < 1 or self.per_replica < 1:
+            raise ValueError(f"bad shard layout {self.n_shards} shards, {self.per_replica} each")
+
+    @property
+    def n_replicas(self) -> int:
+        return -(-self.n_shards // self.per_replica)
+
+    def shard(self, item_id: str) -> int:
+        """The shard that owns `item_id`."""
+        return shard_of(item_id, self.n_shards)
+
+    def replica_of(self, shard_no: int) -> int:
+        return shard_no // self.per_replica
+
+    def replica(self, item_id: str) -> int:
+        """The replica that serves the shard of `item_id`."""
+        return self.replica_of(self.shard(item_id))
+
+    def shards_of(self, replica: int) -> list[int]:
+        first = replica * self.per_replica
+        return list(range(first, min(first + self.per_replica, self.n_shards)))
+
+    def names_of(self, replica: int) -> list[str]:
+        """How `degraded` and the health check name the shards of `replica`."""
+        return [f"shard-{s}" for s in self.shards_of(replica)]
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from cluster.bench.retrieval_core import (
 from retrieval.config import INDEX_TYPES, RetrieverConfig
 from retrieval.merge import merge_top_k
 from retrieval.metrics import percentile_ms
-from retrieval.shards import Manifest, build_shards, load_manifest
+from retrieval.shards import Manifest, ShardLayout, build_shards, load_manifest
 
 __all__ = ["measure", "print_table", "register", "run_bench"]
 
@@ -202,11 +202,14 @@ def _deploy(apps: list[str], path: Path, cfg: RetrieverConfig, dim: int) -> None
     """Deploy (or reconfigure in place) one app per shard, all at once; wait until running."""
     from ray import serve
 
-    from deployments.retriever.deployment import bind_shard
+    from deployments.retriever.deployment import bind_shards
 
+    layout = ShardLayout(len(apps))  # one shard per app, as the scatter-gather measured
     serve.run_many(
         [
-            serve.RunTarget(bind_shard(str(path), s, cfg, dim), name=app, route_prefix=None)
+            serve.RunTarget(
+                bind_shards(str(path), layout, s, cfg, dim), name=app, route_prefix=None
+            )
             for s, app in enumerate(apps)
         ]
     )

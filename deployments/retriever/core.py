@@ -1,4 +1,10 @@
-"""ShardRetriever core: one FAISS shard answering searches, lookups and changes, without Ray."""
+"""ShardRetriever cores, without Ray: one FAISS shard, and the shards one replica serves.
+
+`ShardRetrieverCore` answers searches, lookups and changes for one shard.
+`ShardGroupCore` holds the shards of one replica (`ShardLayout`): a search runs
+on each and is merged here, so the router pays one call for all of them; a
+lookup or change goes to the shard that owns each item.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,12 @@ import faiss
 import numpy as np
 
 from retrieval.config import SEARCH_KNOBS, RetrieverConfig
-from retrieval.shards import Hit, IndexIntegrityError, Item, Scored, Shard
+from retrieval.merge import merge_top_k
+from retrieval.shards import Hit, IndexIntegrityError, Item, Scored, Shard, shard_of
 
 __all__ = [
     "SEARCH_TIME_FIELDS",
+    "ShardGroupCore",
     "ShardRetrieverCore",
     "split_config",
 ]
@@ -147,3 +155,107 @@ class ShardRetrieverCore:
                 f"shard {self.shard_no} probe search for item {self._probe_id!r} "
                 f"returned {[h.item_id for h in hits]}"
             )
+
+
+class ShardGroupCore:
+    """The shards `shard_nos` of an index of `n_shards`, served together by one replica.
+
+    Each shard keeps its own files, change log and lock (a `ShardRetrieverCore`);
+    this class splits the ids of a call by owner and merges what comes back.
+    """
+
+    def __init__(
+        self,
+        index_dir: Path,
+        shard_nos: Sequence[int],
+        n_shards: int,
+        config: RetrieverConfig,
+        expected_dim: int | None = None,
+    ) -> None:
+        if not shard_nos:
+            raise ValueError("a shard group needs at least one shard")
+        self.n_shards = n_shards
+        self.cores = {
+            s: ShardRetrieverCore(index_dir, s, config, expected_dim=expected_dim)
+            for s in shard_nos
+        }
+
+    @property
+    def config(self) -> RetrieverConfig:
+        return next(iter(self.cores.values())).config
+
+    def _by_owner(self, item_ids: Sequence[str]) -> dict[int, list[str]]:
+        """`item_ids` split by the shard of this group that owns them (others dropped)."""
+        parts: dict[int, list[str]] = {s: [] for s in self.cores}
+        for item_id in item_ids:
+            part = parts.get(shard_of(item_id, self.n_shards))
+            if part is not None:
+                part.append(item_id)
+        return parts
+
+    def configure(self, config: RetrieverConfig) -> None:
+        for core in self.cores.values():
+            core.configure(config)
+
+    def reload(self) -> dict:
+        """Reload every shard (see `ShardRetrieverCore.reload`); their stats by shard."""
+        return {s: core.reload() for s, core in self.cores.items()}
+
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        exclude: Sequence[str] = (),
+        categories: Sequence[str] | None = None,
+    ) -> list[Hit]:
+        parts = self._by_owner(exclude)
+        found = [c.search(vector, k, parts[s], categories) for s, c in self.cores.items()]
+        return merge_top_k(found, k)
+
+    def search_ids(
+        self,
+        vector: np.ndarray,
+        k: int,
+        exclude: Sequence[str] = (),
+        categories: Sequence[str] | None = None,
+    ) -> list[Scored]:
+        """The `k` best of this group's shards, each searched without the `exclude` it owns."""
+        parts = self._by_owner(exclude)
+        found = [c.search_ids(vector, k, parts[s], categories) for s, c in self.cores.items()]
+        return merge_top_k(found, k)
+
+    def lookup(self, item_ids: Sequence[str]) -> dict[str, tuple[Hit, np.ndarray]]:
+        found: dict[str, tuple[Hit, np.ndarray]] = {}
+        for s, ids in self._by_owner(item_ids).items():
+            if ids:
+                found.update(self.cores[s].lookup(ids))
+        return found
+
+    def upsert(self, items: Sequence[Item], vectors: np.ndarray) -> int:
+        """Write each item to its shard; the highest change-log seq among them.
+
+        Raises ValueError for an item this group does not own (the router sends
+        each replica only its own).
+        """
+        rows: dict[int, list[int]] = {}
+        for n, item in enumerate(items):
+            s = shard_of(item.item_id, self.n_shards)
+            if s not in self.cores:
+                raise ValueError(f"item {item.item_id!r} belongs to shard {s}, not this replica")
+            rows.setdefault(s, []).append(n)
+        seqs = [self.cores[s].upsert([items[n] for n in ns], vectors[ns]) for s, ns in rows.items()]
+        return max(seqs, default=0)
+
+    def delete(self, item_ids: Sequence[str]) -> list[str]:
+        deleted: list[str] = []
+        for s, ids in self._by_owner(item_ids).items():
+            if ids:
+                deleted += self.cores[s].delete(ids)
+        return deleted
+
+    def stats(self) -> list[dict]:
+        return [core.stats() for core in self.cores.values()]
+
+    def check_health(self) -> None:
+        for core in self.cores.values():
+            core.check_health()

@@ -1,7 +1,9 @@
-"""The ShardRetriever Serve deployment: one per shard, queried scatter-gather by the router.
+"""The ShardRetriever Serve deployments: each serves some shards, queried scatter-gather.
 
-A shard deployment owns its files (change log, snapshots) and must run exactly
-one replica; reads scale with more shards. Search-time settings arrive as the
+`ShardLayout` says which shards each deployment serves (`retriever.shards_per_replica`):
+the router makes one call per deployment, which searches its shards and merges
+them. A deployment owns its shards' files (change logs, snapshots) and must run
+exactly one replica; reads scale with more shards. Search-time settings arrive as the
 deployment's `user_config` and apply in place (`reconfigure`), without a reload.
 FAISS releases the GIL, so slow searches run in threads off the event loop; fast
 ones (see `RetrieverConfig.inline_search_ms`) run on it, where they cost less
@@ -19,13 +21,13 @@ import numpy as np
 from ray import serve
 from ray.serve import Application
 
-from deployments.retriever.core import ShardRetrieverCore, split_config
+from deployments.retriever.core import ShardGroupCore, split_config
 from retrieval.config import RetrieverConfig
-from retrieval.shards import Hit, Item, Scored
+from retrieval.shards import Hit, Item, Scored, ShardLayout
 
 T = TypeVar("T")
 
-__all__ = ["SearchTimer", "ShardRetriever", "bind_shard"]
+__all__ = ["SearchTimer", "ShardRetriever", "bind_shards"]
 
 
 class SearchTimer:
@@ -45,9 +47,16 @@ class SearchTimer:
 
 @serve.deployment
 class ShardRetriever:
-    def __init__(self, index_dir: str, shard_no: int, config: dict, dim: int | None = None):
-        self.core = ShardRetrieverCore(
-            index_dir, shard_no, RetrieverConfig.model_validate(config), expected_dim=dim
+    def __init__(
+        self,
+        index_dir: str,
+        shard_nos: list[int],
+        n_shards: int,
+        config: dict,
+        dim: int | None = None,
+    ):
+        self.core = ShardGroupCore(
+            index_dir, shard_nos, n_shards, RetrieverConfig.model_validate(config), dim
         )
         self.timer = SearchTimer(self.core.config.inline_search_ms / 1e3)
 
@@ -89,30 +98,34 @@ class ShardRetriever:
     async def delete(self, item_ids: list[str]) -> list[str]:
         return await asyncio.to_thread(self.core.delete, item_ids)
 
-    async def reload(self) -> dict:
+    async def reload(self) -> dict[int, dict]:
         return await asyncio.to_thread(self.core.reload)
 
-    async def stats(self) -> dict:
+    async def stats(self) -> list[dict]:
         return self.core.stats()
 
     async def check_health(self) -> None:
         await asyncio.to_thread(self.core.check_health)
 
 
-def bind_shard(
-    index_dir: str, shard_no: int, config: RetrieverConfig, dim: int | None = None
+def bind_shards(
+    index_dir: str,
+    layout: ShardLayout,
+    replica: int,
+    config: RetrieverConfig,
+    dim: int | None = None,
 ) -> Application:
-    """The deployment of shard `shard_no`, named `ShardRetriever-<n>`, with its options.
+    """The deployment serving `layout.shards_of(replica)`, named `ShardRetriever-<replica>`.
 
-    One replica (it owns the shard's change log and snapshots); search-time
+    One replica (it owns its shards' change logs and snapshots); search-time
     settings in the user_config (applied in place when only they change).
     """
     init, user = split_config(config)
     return ShardRetriever.options(
-        name=f"ShardRetriever-{shard_no}",
+        name=f"ShardRetriever-{replica}",
         num_replicas=1,
         max_ongoing_requests=config.max_ongoing_requests,
         max_queued_requests=config.max_queued_requests,
         user_config=user,
         ray_actor_options={"num_cpus": config.num_cpus},
-    ).bind(index_dir, shard_no, init, dim)
+    ).bind(index_dir, layout.shards_of(replica), layout.n_shards, init, dim)

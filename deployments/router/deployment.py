@@ -31,6 +31,7 @@ from deployments.router.metrics import RouterMetrics
 from retrieval.build import load_als, load_cf
 from retrieval.config import AppConfig
 from retrieval.fusion import load_fusion
+from retrieval.shards import ShardLayout, load_manifest
 
 __all__ = ["Router", "api"]
 
@@ -132,6 +133,8 @@ class Router:
         api.state.router_metrics = self.metrics
         self.encoder = _Remote(encoder)
         self.shards = [_Remote(s) for s in shards]
+        n_shards = load_manifest(self.config.index_path).n_shards
+        self.layout = ShardLayout(n_shards, self.config.retriever.shards_per_replica)
         self.reranker = _Remote(reranker) if reranker is not None else None
         self.feedback = FeedbackLog(self.config.data_path / FEEDBACK_FILE)
         self.histories = load_histories(self.config, self.feedback)
@@ -147,6 +150,7 @@ class Router:
                 load_fusion(self.config.index_path) if self.config.router.use_tuned_fusion else None
             ),
             histories=self.histories,
+            layout=self.layout,
         )
         # Catalog writes through this replica drop the core's cached rows of those items.
         self.items = ItemStore(
@@ -154,6 +158,7 @@ class Router:
             encode=self._encode,
             shards=self.shards,
             on_change=self.core.forget_items,
+            layout=self.layout,
         )
 
     async def _encode(self, text: str) -> np.ndarray:
@@ -217,17 +222,22 @@ class Router:
     @api.get("/v1/health")
     async def health(self) -> Response:
         """Ready only when every deployment answers its real probe."""
-        probes = {"encoder": self.encoder.check_health()}
-        probes.update({f"shard-{i}": s.check_health() for i, s in enumerate(self.shards)})
+        # One probe per deployment, keyed by the names it answers for: a retriever
+        # replica's state is given to each shard it serves.
+        probes = {("encoder",): self.encoder.check_health()}
+        probes.update(
+            {tuple(self.layout.names_of(g)): s.check_health() for g, s in enumerate(self.shards)}
+        )
         if self.reranker is not None:
-            probes["reranker"] = self.reranker.check_health()
+            probes[("reranker",)] = self.reranker.check_health()
         results = await asyncio.gather(
             *(asyncio.wait_for(p, HEALTH_TIMEOUT_S) for p in probes.values()),
             return_exceptions=True,
         )
         checks = {
             name: "ok" if not isinstance(r, BaseException) else f"failed: {type(r).__name__}"
-            for name, r in zip(probes, results, strict=True)
+            for names, r in zip(probes, results, strict=True)
+            for name in names
         }
         ready = all(v == "ok" for v in checks.values())
         body: dict = {"status": "ready" if ready else "unavailable", "checks": checks}

@@ -1,9 +1,9 @@
 """Live catalog changes on real Ray Serve: upsert over HTTP, restart a shard replica, query again.
 
 The app serves a private copy of the demo index (these tests change it) with
-the real MiniLM encoder and FAISS shard deployments. The last test breaks a
-shard on purpose: its replica is killed and cannot come back, and the router
-still answers, naming the shard in `degraded`.
+the real MiniLM encoder and FAISS shard deployments, two shards per replica. The
+last test breaks a shard on purpose: its replica is killed and cannot come back,
+and the router still answers, naming both of that replica's shards in `degraded`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from retrieval.shards import shard_of
 
 APP = "llmrec-live"
 N_SHARDS = 4
+PER_REPLICA = 2
 NEW = {
     "item_id": "live-1",
     "title": "The Zorblaxian Accordion Festival",
@@ -40,7 +41,13 @@ def data_dir(demo_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def service(ray_cluster, data_dir):
     serve.run(
-        build_app({"data_dir": str(data_dir), "reranker": {"enabled": False}}),
+        build_app(
+            {
+                "data_dir": str(data_dir),
+                "reranker": {"enabled": False},
+                "retriever": {"shards_per_replica": PER_REPLICA},
+            }
+        ),
         name=APP,
         route_prefix="/",
     )
@@ -50,8 +57,8 @@ def service(ray_cluster, data_dir):
 
 
 def replica_actors(shard_no: int) -> list[tuple[str, str]]:
-    """(name, namespace) of the live replica actors of one shard deployment."""
-    tag = f"{APP}#ShardRetriever-{shard_no}#"
+    """(name, namespace) of the live replica actors of the deployment serving `shard_no`."""
+    tag = f"{APP}#ShardRetriever-{shard_no // PER_REPLICA}#"
     return [
         (a["name"], a["namespace"])
         for a in ray.util.list_named_actors(all_namespaces=True)
@@ -130,7 +137,10 @@ def test_bad_item_bodies_get_clear_errors(service, body, status, field):
 
 
 def test_a_shard_that_cannot_start_is_named_in_degraded(service, data_dir):
-    """Corrupt shard 2's index, kill its replica: the new one refuses to load, queries go on."""
+    """Corrupt shard 2's index, kill its replica: the new one refuses to load, queries go on.
+
+    The replica also served shard 3, so both are named and neither's items come back.
+    """
     target = data_dir / "index" / "shard-002.faiss"
     raw = bytearray(target.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
@@ -141,6 +151,10 @@ def test_a_shard_that_cannot_start_is_named_in_degraded(service, data_dir):
     )
     assert r.status_code == 200, r.text
     answer = r.json()
-    assert "shard-2" in answer["degraded"]
+    assert {"shard-2", "shard-3"} <= set(answer["degraded"])
     assert len(answer["items"]) == 10
-    assert all(shard_of(i["item_id"], N_SHARDS) != 2 for i in answer["items"])
+    assert all(shard_of(i["item_id"], N_SHARDS) < 2 for i in answer["items"])
+    health = service.get("/v1/health")
+    assert health.status_code == 503
+    checks = health.json()["checks"]
+    assert checks["shard-0"] == checks["shard-1"] == "ok" and checks["shard-2"] != "ok"

@@ -14,7 +14,13 @@ from deployments.app import build_app
 
 @pytest.fixture(scope="module")
 def service(ray_cluster, demo_dir):
-    args = {"data_dir": str(demo_dir), "reranker": {"enabled": False}}
+    # Two retriever replicas of two shards each, so killing one (the chaos test) costs
+    # half the catalog, not all of it; the demo config's one-replica layout runs in e2e.
+    args = {
+        "data_dir": str(demo_dir),
+        "reranker": {"enabled": False},
+        "retriever": {"shards_per_replica": 2},
+    }
     serve.run(build_app(args), name="llmrec", route_prefix="/")
     with httpx.Client(base_url=ray_cluster, timeout=60) as client:
         yield client

@@ -223,7 +223,8 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     )
     table = Table(title=f"pipeline vs one-hop floor ({url}, {time.perf_counter() - t:.0f} s)")
     columns = ("c", "kind", "rps", "share", "p50 ms", "p99 ms", "p50-floor", "not 200")
-    for col in (*columns, "encode", "retrieve", "total"):
+    stage_columns = ("encode", "retrieve", "search", "rows", "total")
+    for col in (*columns, *stage_columns):
         table.add_column(col, justify="left" if col == "kind" else "right")
     for r in rows:
         stages = r["stages_ms"]
@@ -236,9 +237,10 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
             f"{r['p99_ms']:.1f}",
             f"{r['p50_above_floor_ms']:+.1f}",
             str(r["errors"]),
-            *(f"{stages[s]:.1f}" if s in stages else "" for s in ("encode", "retrieve", "total")),
+            *(f"{stages[s]:.1f}" if s in stages else "" for s in stage_columns),
         )
-    console.print(table)
+    # Wide enough for every column when the output is not a terminal (a log, a pipe).
+    Console(width=max(console.width, 150)).print(table)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"url": url, "rows": rows}, indent=1))

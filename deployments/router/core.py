@@ -9,11 +9,12 @@ The stages and their deadline rules:
    An encoder that fails or is later than `encode_timeout_ms` costs the query
    only (`degraded: ["encoder"]`): the request goes on from its history, or
    from popularity when it has none.
-3. retrieve: every shard searched concurrently for ids and scores (each sent
-   only the seen items it owns), each call bounded by what is left of the
-   deadline and by `shard_timeout_ms`; a late or failed shard is named in
-   `degraded` (`shard-N`). The rows of the candidates come from the cache, the
-   rest in one lookup per shard.
+3. retrieve: every retriever replica searched concurrently for ids and scores
+   (one call each, for all the shards it serves; see `ShardLayout`), each sent
+   only the seen items its shards own and bounded by what is left of the
+   deadline and by `shard_timeout_ms`; a late or failed replica has each of its
+   shards named in `degraded` (`shard-N`). The rows of the candidates come from
+   the cache, the rest in one lookup per replica.
    Item-kNN and ALS candidates join; every candidate gets the four features
    of `retrieval.fusion` (cosine, item-kNN, ALS, popularity) and their
    weighted sum is its score. Cold users with no query get popularity.
@@ -61,7 +62,7 @@ from retrieval.config import AppConfig
 from retrieval.fusion import FEATURES, FusionWeights, fuse
 from retrieval.merge import merge_top_k
 from retrieval.profiles import blend_query, user_profile
-from retrieval.shards import Hit, Scored, shard_of
+from retrieval.shards import Hit, Scored, ShardLayout
 
 __all__ = [
     "Answer",
@@ -75,7 +76,11 @@ EncodeFn = Callable[[str], Awaitable[np.ndarray]]
 
 
 class ShardClient(Protocol):
-    """One shard as the router sees it (a Serve handle or a local core)."""
+    """One retriever replica as the router sees it (a Serve handle or a local core).
+
+    It serves the shards `ShardLayout.shards_of` gives it: a search covers all of
+    them (best first, merged), a lookup answers the ids they hold.
+    """
 
     async def search_ids(
         self, vector: np.ndarray, k: int, exclude: list[str], categories: list[str] | None
@@ -178,6 +183,7 @@ class _Clock:
 class RouterCore:
     """Answers `RecommendRequest`s. Backends and models come in through the constructor.
 
+    `shards[g]` is retriever replica g of `layout` (default: one shard each).
     `cf` (item-kNN, also the popularity ranking) and `als` are optional; a
     missing model contributes zero to its feature. `fusion` defaults to the
     weights in `config.router` (see `FusionWeights.from_config`).
@@ -194,10 +200,17 @@ class RouterCore:
         als: AlsModel | None = None,
         fusion: FusionWeights | None = None,
         histories: dict[str, list[str]] | None = None,
+        layout: ShardLayout | None = None,
     ) -> None:
         self.config = config
         self.encode = encode
         self.shards = list(shards)
+        # shards[g] is retriever replica g; by default each serves one shard.
+        self.layout = layout if layout is not None else ShardLayout(len(self.shards))
+        if self.layout.n_replicas != len(self.shards):
+            raise ValueError(
+                f"{len(self.shards)} retriever clients for a layout of {self.layout.n_replicas}"
+            )
         self.reranker = reranker
         self.cf = cf
         self.als = als
@@ -351,9 +364,9 @@ class RouterCore:
     async def _gather_shards(
         self, calls: dict[int, Awaitable], clock: _Clock, degraded: list[str]
     ) -> dict[int, object]:
-        """Run per-shard calls concurrently; late or failed shards are named in `degraded`.
+        """Run per-replica calls concurrently; the shards of a late or failed one go in `degraded`.
 
-        A shard call that raised something outside `_STAGE_ERRORS` (a bug) is raised.
+        A call that raised something outside `_STAGE_ERRORS` (a bug) is raised.
         """
         tasks = {s: asyncio.ensure_future(c) for s, c in calls.items()}
         if not tasks:
@@ -369,24 +382,24 @@ class RouterCore:
                 raise error
             if task in done and error is None:
                 results[s] = task.result()
-            elif f"shard-{s}" not in degraded:
-                degraded.append(f"shard-{s}")
+            else:
+                degraded.extend(n for n in self.layout.names_of(s) if n not in degraded)
         return results
 
     async def _lookup(
         self, item_ids: list[str], clock: _Clock, degraded: list[str]
     ) -> dict[str, tuple[Hit, np.ndarray]]:
-        """Rows and vectors of `item_ids` that exist: cached ones, the rest from their shards."""
+        """Rows and vectors of `item_ids` that exist: cached ones, the rest from their replicas."""
         cache = self.item_rows
         found: dict[str, tuple[Hit, np.ndarray]] = {}
-        by_shard: dict[int, list[str]] = {}
+        by_replica: dict[int, list[str]] = {}
         for item_id in item_ids:
             row = cache.get(item_id) if cache is not None else None
             if row is not None:
                 found[item_id] = row
             else:
-                by_shard.setdefault(shard_of(item_id, len(self.shards)), []).append(item_id)
-        calls = {s: self.shards[s].lookup(ids) for s, ids in by_shard.items()}
+                by_replica.setdefault(self.layout.replica(item_id), []).append(item_id)
+        calls = {g: self.shards[g].lookup(ids) for g, ids in by_replica.items()}
         for part in (await self._gather_shards(calls, clock, degraded)).values():
             found.update(part)
             if cache is not None:
@@ -415,7 +428,8 @@ class RouterCore:
             if model is None or not history_ids:
                 continue
             scores = np.maximum(model.scores(history_ids), 0.0)
-            scores[[model.index[i] for i in seen if i in model.index]] = 0.0
+            known = _positions(model.index, seen)
+            scores[known[known >= 0]] = 0.0
             top = float(scores.max()) if len(scores) else 0.0
             if top <= 0:
                 continue
@@ -445,55 +459,61 @@ class RouterCore:
         degraded: list[str],
     ) -> list[_Candidate]:
         n = max(k, self.config.retriever.candidates)
-        # Each shard is sent only the seen items it owns, and answers ids and scores.
-        seen_by_shard: dict[int, list[str]] = {s: [] for s in range(len(self.shards))}
+        # Each replica is sent only the seen items its shards own, and answers ids and scores.
+        seen_by_replica: dict[int, list[str]] = {g: [] for g in range(len(self.shards))}
         for item_id in seen:
-            seen_by_shard[shard_of(item_id, len(self.shards))].append(item_id)
+            seen_by_replica[self.layout.replica(item_id)].append(item_id)
         calls = {
-            s: shard.search_ids(vector, n, seen_by_shard[s], categories)
-            for s, shard in enumerate(self.shards)
+            g: shard.search_ids(vector, n, seen_by_replica[g], categories)
+            for g, shard in enumerate(self.shards)
         }
+        t = time.perf_counter()
         results = await self._gather_shards(calls, clock, degraded)
+        clock.lap("search", t)  # the retrieve stage's wait on its shard calls
         nearest = merge_top_k(results.values(), n)
         normalised, tops = self._collaborative(history_ids, seen)
-        ann_ids = [hit.item_id for hit in nearest]
-        found_by_ann = set(ann_ids)
+        ann = {hit.item_id: hit.score for hit in nearest}
         proposed = dict.fromkeys(i for ids in tops.values() for i in ids)
-        new = [i for i in proposed if i not in found_by_ann]
+        new = [i for i in proposed if i not in ann]
         # One lookup for every row not cached: the nearest items and the collaborative ones.
-        rows = await self._lookup(ann_ids + new, clock, degraded)
-        pool: dict[str, _Candidate] = {}
-        for hit in nearest:
-            if hit.item_id in rows:  # else deleted since the search, or its shard failed
-                row = dataclasses.replace(rows[hit.item_id][0], score=hit.score)
-                pool[hit.item_id] = _Candidate(
-                    hit=row, features=_features(ann=hit.score), sources=["ann"]
-                )
-        for item_id in new:
-            if item_id not in rows:
-                continue
-            hit, vec = rows[item_id]
-            if categories and not set(categories) & set(hit.categories):
-                continue
-            pool[item_id] = _Candidate(hit=hit, features=_features(ann=float(vec @ vector)))
-        for source, ids in tops.items():
-            for item_id in ids:
-                if item_id in pool:
-                    pool[item_id].sources.append(source)
-        candidates = list(pool.values())
-        if not candidates:
-            return candidates
-        # Every candidate's features at once: one position lookup per model, then arrays.
-        item_ids = [c.hit.item_id for c in candidates]
-        features = np.stack([c.features for c in candidates])
+        t = time.perf_counter()
+        rows = await self._lookup([*ann, *new], clock, degraded)
+        clock.lap("rows", t)  # cached rows, plus one lookup per replica for the rest
+        # An id without a row was deleted since the search, or its shard failed.
+        ann_ids = [i for i in ann if i in rows]
+        wanted = set(categories or ())
+        new_ids = [
+            i for i in new if i in rows and (not wanted or wanted & set(rows[i][0].categories))
+        ]
+        item_ids = ann_ids + new_ids
+        if not item_ids:
+            return []
+        # Every candidate's features at once: arrays in FEATURES order, then one fuse.
+        features = np.zeros((len(item_ids), len(FEATURES)), dtype=np.float64)
+        features[: len(ann_ids), _ANN] = [ann[i] for i in ann_ids]
+        if new_ids:  # the collaborative proposals' cosine to the profile, in one product
+            features[len(ann_ids) :, _ANN] = np.stack([rows[i][1] for i in new_ids]) @ vector
         for column, name in ((_KNN, "cf"), (_ALS, "als")):
             if name in normalised:
                 features[:, column] = _gather(normalised[name], self._models[name].index, item_ids)
         if self._popularity is not None:
             features[:, _POP] = _gather(self._popularity, self.cf.index, item_ids)
-        for c, row, score in zip(candidates, features, fuse(features, weights), strict=True):
-            c.features, c.score = row, float(score)
-        return candidates
+        scores = fuse(features, weights)
+        proposers = {source: set(ids) for source, ids in tops.items()}
+        return [
+            _Candidate(
+                hit=rows[item_id][0],
+                features=row,
+                sources=[
+                    *(["ann"] if pos < len(ann_ids) else []),
+                    *(source for source, ids in proposers.items() if item_id in ids),
+                ],
+                score=float(score),
+            )
+            for pos, (item_id, row, score) in enumerate(
+                zip(item_ids, features, scores, strict=True)
+            )
+        ]
 
     async def _popular(
         self,
@@ -615,9 +635,14 @@ def _context(history: list[Hit], query: str | None, candidates: list[_Candidate]
     )
 
 
+def _positions(index: dict[str, int], item_ids: Sequence[str]) -> np.ndarray:
+    """The positions of `item_ids` in `index`, -1 for ids it does not know."""
+    return np.fromiter((index.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+
+
 def _gather(values: np.ndarray, index: dict[str, int], item_ids: list[str]) -> np.ndarray:
     """`values` at the positions of `item_ids` in `index`; 0 for ids it does not know."""
-    pos = np.fromiter((index.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+    pos = _positions(index, item_ids)
     return np.where(pos >= 0, values[np.maximum(pos, 0)], 0.0)
 
 

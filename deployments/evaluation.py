@@ -4,7 +4,8 @@ Leave-last-out: per user, the last interaction (by time) is the target and the
 ones before it the history. The pipeline ranks the whole catalog for that
 history (seen items excluded) and is scored by Recall@k, NDCG@k, MRR (over the
 top `depth`), catalog coverage and latency; the baselines (popularity,
-item-kNN, ALS, content-only) are computed in the same run on the same split.
+item-kNN, ALS, EASE plain and recency-weighted, content-only) are computed in
+the same run on the same split, every model fit on its training part.
 
 In-process (default), the pipeline is the router core itself over the local
 shards, searched with the config's own settings, with item-kNN and ALS fit on
@@ -40,11 +41,14 @@ from deployments.router.schemas import RecommendRequest
 from retrieval.build import fit_collaborative
 from retrieval.collab import AlsModel, ItemKNN
 from retrieval.config import SEARCH_KNOBS, AppConfig, resolve_path
+from retrieval.ease import EaseModel
 from retrieval.evaluate import (
     AlsRanker,
     ContentRanker,
+    EaseRanker,
     ItemKNNRanker,
     PopularityRanker,
+    RecentEaseRanker,
     RerankHead,
     rank_all,
     rank_all_async,
@@ -286,10 +290,13 @@ async def evaluate(
 
         result["baselines"] = {}
         pop = cf.popularity
+        ease = EaseModel.fit(split.train, item_ids)
         for ranker in (
             PopularityRanker(cf),
             ItemKNNRanker(cf),
             AlsRanker(als, pop),
+            EaseRanker(ease, pop),
+            RecentEaseRanker(ease, pop),
             ContentRanker(
                 item_ids,
                 np.stack([world.vectors[i] for i in item_ids]),

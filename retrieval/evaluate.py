@@ -6,9 +6,11 @@ wires the served or in-process pipeline to it.
 
 Baselines rank the whole catalog with the user's history excluded:
 popularity (distinct users), item-kNN (summed neighbour similarity), ALS
-(`implicit`), and content (the recency-weighted profile of history vectors,
-exact inner-product search over every item vector). Ties and items a model
-cannot score fall back to popularity order.
+(`implicit`), EASE (`ease`: the history's rows of the closed-form item-item
+weights summed; `ease_recent`: the same, recency-weighted), and content (the
+recency-weighted profile of history vectors, exact inner-product search over
+every item vector). Ties and items a model cannot score fall back to
+popularity order.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from retrieval.collab import AlsModel, ItemKNN
+from retrieval.ease import EaseModel, recency_weights
 from retrieval.fusion import FEATURES, FusionWeights
 from retrieval.metrics import ndcg_at_k
 from retrieval.profiles import user_profile
@@ -32,9 +35,11 @@ from retrieval.profiles import user_profile
 __all__ = [
     "AlsRanker",
     "ContentRanker",
+    "EaseRanker",
     "ItemKNNRanker",
     "PopularityRanker",
     "Ranker",
+    "RecentEaseRanker",
     "RerankHead",
     "fusion_grid",
     "rank_all",
@@ -127,6 +132,36 @@ class AlsRanker(_ScoreRanker):
 
     def scores(self, history: Sequence[str]) -> np.ndarray:
         return self.als.scores(history)
+
+
+class EaseRanker(_ScoreRanker):
+    """EASE: the summed item-item weights of the history's items (each counted once)."""
+
+    name = "ease"
+
+    def __init__(self, ease: EaseModel, popularity: np.ndarray) -> None:
+        super().__init__(ease.item_ids, popularity)
+        self.ease = ease
+
+    def scores(self, history: Sequence[str]) -> np.ndarray:
+        return self.ease.scores(history)
+
+
+class RecentEaseRanker(_ScoreRanker):
+    """EASE over a recency-weighted history: an item `half_life` interactions before the
+    latest counts half (a repeated item by its latest occurrence)."""
+
+    name = "ease_recent"
+
+    def __init__(self, ease: EaseModel, popularity: np.ndarray, *, half_life: float = 5.0) -> None:
+        if half_life <= 0:
+            raise ValueError(f"half_life must be > 0, got {half_life}")
+        super().__init__(ease.item_ids, popularity)
+        self.ease = ease
+        self.half_life = half_life
+
+    def scores(self, history: Sequence[str]) -> np.ndarray:
+        return self.ease.scores(history, recency_weights(len(history), self.half_life))
 
 
 class ContentRanker(_ScoreRanker):

@@ -47,7 +47,8 @@ def test_eval_tunes_and_the_hybrid_beats_every_single_source(demo_dir, tmp_path)
     testable = sum(n >= 2 for n in clicks.values())
     assert testable < len(clicks)  # the demo has cold users
     assert r["k"] == 10 and r["users"] == testable and r["mode"] == "in-process"
-    assert set(r["baselines"]) == {"popularity", "item_knn", "als", "content"}
+    baselines = {"popularity", "item_knn", "als", "ease", "ease_recent", "content"}
+    assert set(r["baselines"]) == baselines
     for m in (r["metrics"], *r["baselines"].values()):
         assert all(0.0 <= m[key] <= 1.0 for key in METRICS) and m["users"] == testable
     best_single = max(b["ndcg_at_10"] for b in r["baselines"].values())

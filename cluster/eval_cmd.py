@@ -34,7 +34,7 @@ from rich.table import Table
 
 from deployments.evaluation import EvalOptions, ServiceError, evaluate
 from loadtest.auth import add_api_key_argument, api_key_from
-from retrieval.fusion import FUSION_NAME
+from retrieval.fusion import FEATURES, FUSION_NAME
 from retrieval.split import leave_last_out, write_split
 
 __all__ = ["register"]
@@ -158,10 +158,7 @@ def _print(result: dict[str, Any]) -> None:
     if "skipped" in rr:
         console.print(f"rerank: skipped ({rr['skipped']})")
     f = result["fusion"]
-    console.print(
-        "fusion weights: "
-        + ", ".join(f"{n}={f[n]}" for n in ("ann", "item_knn", "als", "popularity", "rerank"))
-    )
+    console.print("fusion weights: " + ", ".join(f"{n}={f[n]}" for n in (*FEATURES, "rerank")))
     ex = result.get("explanations") or {}
     if "skipped" in ex:
         console.print(f"explanations: skipped ({ex['skipped']})")

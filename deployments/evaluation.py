@@ -38,10 +38,8 @@ from deployments.reranker.core import RerankerCore
 from deployments.reranker.prompts import Candidate, PromptContext
 from deployments.router.core import RouterCore
 from deployments.router.schemas import RecommendRequest
-from retrieval.build import fit_collaborative
-from retrieval.collab import AlsModel, ItemKNN
+from retrieval.build import Collaborative, fit_collaborative
 from retrieval.config import SEARCH_KNOBS, AppConfig, resolve_path
-from retrieval.ease import EaseModel
 from retrieval.evaluate import (
     AlsRanker,
     ContentRanker,
@@ -171,7 +169,7 @@ class _World:
     engine_error: str | None = None
 
     def core(
-        self, cf: ItemKNN, als: AlsModel, fusion: FusionWeights, *, with_llm: bool = False
+        self, models: Collaborative, fusion: FusionWeights, *, with_llm: bool = False
     ) -> RouterCore:
         """The router core over the local shards, with the LLM reranker when asked and
         available (the core passes it the fusion's rerank weight, as in serving)."""
@@ -183,8 +181,9 @@ class _World:
             encode=self.encode,
             shards=[_LocalShard(s) for s in self.shards],
             reranker=reranker,
-            cf=cf,
-            als=als,
+            cf=models.cf,
+            als=models.als,
+            ease=models.ease,
             fusion=fusion,
         )
 
@@ -259,7 +258,7 @@ async def evaluate(
         else:
             stored = load_fusion(cfg.index_path) if cfg.router.use_tuned_fusion else None
             fusion = stored or FusionWeights.from_config(cfg.router)
-        cf, als = fit_collaborative(split.train, item_ids)
+        models = fit_collaborative(split.train, item_ids)
         result: dict[str, Any] = {
             "k": opts.k,
             "users": len(users),
@@ -275,7 +274,7 @@ async def evaluate(
         if opts.url:
             rankings, seconds = await _served_rankings(opts, split, users)
         else:
-            core = world.core(cf, als, fusion)
+            core = world.core(models, fusion)
 
             async def rank(user: str) -> list[str]:
                 answer = await core.recommend(_request(split.histories[user], opts.depth))
@@ -289,14 +288,13 @@ async def evaluate(
         result["latency_ms"] = latency_summary(seconds)
 
         result["baselines"] = {}
-        pop = cf.popularity
-        ease = EaseModel.fit(split.train, item_ids)
+        pop = models.cf.popularity
         for ranker in (
-            PopularityRanker(cf),
-            ItemKNNRanker(cf),
-            AlsRanker(als, pop),
-            EaseRanker(ease, pop),
-            RecentEaseRanker(ease, pop),
+            PopularityRanker(models.cf),
+            ItemKNNRanker(models.cf),
+            AlsRanker(models.als, pop),
+            EaseRanker(models.ease, pop),
+            RecentEaseRanker(models.ease, pop, half_life=cfg.router.ease_half_life),
             ContentRanker(
                 item_ids,
                 np.stack([world.vectors[i] for i in item_ids]),
@@ -310,8 +308,8 @@ async def evaluate(
             entry["latency_ms"] = latency_summary(secs)
             result["baselines"][ranker.name] = entry
 
-        result["rerank"] = await _rerank_eval(opts, world, split, users, rankings, cf, als, fusion)
-        result["explanations"] = await _explain_eval(opts, world, split, users, cf, als, fusion)
+        result["rerank"] = await _rerank_eval(opts, world, split, users, rankings, models, fusion)
+        result["explanations"] = await _explain_eval(opts, world, split, users, models, fusion)
         return result
     finally:
         if world.engine is not None:
@@ -348,8 +346,7 @@ async def _tune(
     progress = opts.progress
     val = leave_last_out(split.train, item_ids)
     val_users = sample_users(val.users, opts.users, opts.seed)
-    cf, als = fit_collaborative(val.train, item_ids)
-    core = world.core(cf, als, FusionWeights())
+    core = world.core(fit_collaborative(val.train, item_ids), FusionWeights())
 
     async def pool(user: str) -> list[str]:
         entries = await core.candidate_pool(_request(val.histories[user], opts.depth))
@@ -431,8 +428,7 @@ async def _rerank_eval(
     split: Split,
     users: list[str],
     plain: dict[str, list[str]],
-    cf: ItemKNN,
-    als: AlsModel,
+    models: Collaborative,
     fusion: FusionWeights,
 ) -> dict[str, Any]:
     """Pipeline with and without the LLM rerank on the same seeded user sample."""
@@ -451,7 +447,7 @@ async def _rerank_eval(
     elif world.engine is None:
         return {**out, "skipped": world.engine_error or "no LLM"}
     else:
-        core = world.core(cf, als, fusion, with_llm=True)
+        core = world.core(models, fusion, with_llm=True)
         reranked_count = 0
 
         async def rank(user: str) -> list[str]:
@@ -466,7 +462,7 @@ async def _rerank_eval(
         out["reranked_answers"] = reranked_count
     if not opts.url and world.engine is not None:
         # The LLM's effect at every blend weight on this sample (weight 0 = retrieval order).
-        plain_core = world.core(cf, als, dataclasses.replace(fusion, rerank=None))
+        plain_core = world.core(models, dataclasses.replace(fusion, rerank=None))
         heads = await _rerank_heads(world, plain_core, split, sample, opts.depth, opts.progress)
         by_weight = rerank_ndcg_by_weight(heads, split.targets, opts.k)
         out[f"ndcg_at_{opts.k}_by_weight"] = {str(w): round(v, 6) for w, v in by_weight.items()}
@@ -484,8 +480,7 @@ async def _explain_eval(
     world: _World,
     split: Split,
     users: list[str],
-    cf: ItemKNN,
-    als: AlsModel,
+    models: Collaborative,
     fusion: FusionWeights,
 ) -> dict[str, Any]:
     """Explain the final top k of a seeded user sample; share that passed validation."""
@@ -502,7 +497,7 @@ async def _explain_eval(
     elif world.engine is None:
         return {"skipped": world.engine_error or "no LLM"}
     else:
-        core = world.core(cf, als, fusion, with_llm=True)
+        core = world.core(models, fusion, with_llm=True)
     bar = tqdm(sample, desc=f"{'explained':>12}", unit="user", disable=(not opts.progress))
     try:
         for user in bar:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -13,12 +14,15 @@ from tqdm import tqdm
 
 from retrieval.collab import AlsModel, ItemKNN
 from retrieval.config import AppConfig, IndexBuildConfig, resolve_path
+from retrieval.ease import EaseModel
 from retrieval.encoder import Encoder
 from retrieval.shards import Manifest, build_shards
 
 __all__ = [
     "ALS_NAME",
     "CF_NAME",
+    "EASE_NAME",
+    "Collaborative",
     "build_from_config",
     "describe_build",
     "build_index",
@@ -26,6 +30,7 @@ __all__ = [
     "item_texts",
     "load_als",
     "load_cf",
+    "load_ease",
     "prepare_demo",
 ]
 
@@ -33,6 +38,10 @@ log = logging.getLogger(__name__)
 
 CF_NAME = "cf.npz"
 ALS_NAME = "als.npz"
+EASE_NAME = "ease.npz"
+EASE_MAX_ITEMS = 10_000
+"""EASE models the catalog's most active items only: its weights are dense, 4 bytes per
+pair (10k items: 400 MB in each router replica)."""
 
 
 def item_texts(titles: list[str], texts: list[str]) -> list[str]:
@@ -58,8 +67,9 @@ def build_index(
     items changed through the API since the last build are not in it.
 
     Writes the shards (atomically, see `build_shards`) and, when
-    `interactions.parquet` exists, the item-item model `index/cf.npz` and the
-    ALS model `index/als.npz` (see `fit_collaborative`).
+    `interactions.parquet` exists, the item-item model `index/cf.npz`, the
+    ALS model `index/als.npz` and the EASE model `index/ease.npz` (see
+    `fit_collaborative`).
     """
     data_dir = Path(data_dir)
     catalog = pq.read_table(data_dir / "catalog.parquet")
@@ -83,21 +93,33 @@ def build_index(
     interactions_path = data_dir / "interactions.parquet"
     if interactions_path.exists():
         interactions = pq.read_table(interactions_path, columns=["user_id", "item_id"])
-        cf, als = fit_collaborative(interactions, catalog["item_id"].to_pylist())
-        for name, model in ((CF_NAME, cf), (ALS_NAME, als)):
+        models = fit_collaborative(interactions, catalog["item_id"].to_pylist())
+        for name, model in ((CF_NAME, models.cf), (ALS_NAME, models.als), (EASE_NAME, models.ease)):
             tmp = data_dir / "index" / f".{name}.tmp.npz"
             model.save(tmp)
             os.replace(tmp, data_dir / "index" / name)
     return manifest
 
 
-def fit_collaborative(interactions: pa.Table, item_ids: list[str]) -> tuple[ItemKNN, AlsModel]:
-    """Item-kNN (with popularity) and ALS fit on an interactions table (user_id, item_id).
+class Collaborative(NamedTuple):
+    """The models fit on the interaction log: item-kNN (with popularity), ALS and EASE."""
+
+    cf: ItemKNN
+    als: AlsModel
+    ease: EaseModel
+
+
+def fit_collaborative(interactions: pa.Table, item_ids: list[str]) -> Collaborative:
+    """Item-kNN, ALS and EASE fit on an interactions table (user_id, item_id).
 
     The one recipe shared by `llmrec build` and `llmrec eval`, so an offline
     evaluation measures the models the service loads.
     """
-    return ItemKNN.fit(interactions, item_ids), AlsModel.fit(interactions, item_ids)
+    return Collaborative(
+        ItemKNN.fit(interactions, item_ids),
+        AlsModel.fit(interactions, item_ids),
+        EaseModel.fit(interactions, item_ids, max_items=EASE_MAX_ITEMS),
+    )
 
 
 def load_cf(index_dir: Path) -> ItemKNN | None:
@@ -110,6 +132,13 @@ def load_als(index_dir: Path) -> AlsModel | None:
     """The ALS model beside the shards, or None when the build had no interactions."""
     path = Path(index_dir) / ALS_NAME
     return AlsModel.load(path) if path.exists() else None
+
+
+def load_ease(index_dir: Path) -> EaseModel | None:
+    """The EASE model beside the shards, or None when the build had no interactions (or
+    predates EASE: `llmrec build` again to add it)."""
+    path = Path(index_dir) / EASE_NAME
+    return EaseModel.load(path) if path.exists() else None
 
 
 def build_from_config(cfg: AppConfig, n_shards: int, index_type: str | None = None) -> Manifest:

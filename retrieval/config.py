@@ -366,6 +366,10 @@ class RouterConfig(_Section):
     """Collaborative (item-item) candidates per request."""
     als_candidates: int = Field(50, ge=0, le=1000)
     """ALS candidates per request (when the index has `als.npz`)."""
+    ease_candidates: int = Field(50, ge=0, le=1000)
+    """EASE candidates per request (when the index has `ease.npz`)."""
+    ease_half_life: float = Field(5.0, gt=0)
+    """Recency weighting of the EASE score: an interaction this many steps back counts half."""
     ann_weight: float = Field(0.5, ge=0, le=10)
     """Fusion weight of the profile-item cosine (only ratios between fusion weights matter)."""
     cf_weight: float = Field(0.25, ge=0, le=10)
@@ -374,8 +378,10 @@ class RouterConfig(_Section):
     """Fusion weight of the ALS score, clipped at 0 and normalised to the user's best (0..1)."""
     popularity_weight: float = Field(0.1, ge=0, le=10)
     """Fusion weight of log-popularity, normalised to the most popular item (0..1)."""
+    ease_weight: float = Field(1.0, ge=0, le=10)
+    """Fusion weight of the EASE score, clipped at 0 and normalised to the user's best (0..1)."""
     use_tuned_fusion: bool = True
-    """Use `index/fusion.json` (written by `llmrec eval --tune`) instead of the four weights
+    """Use `index/fusion.json` (written by `llmrec eval --tune`) instead of the five weights
     above and `reranker.rerank_weight`, when the file exists."""
     max_history: int = Field(50, ge=1, le=1000)
     """Most recent history items used to build the profile."""

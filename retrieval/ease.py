@@ -50,6 +50,8 @@ class EaseModel:
         if self.weights.shape != (len(self.kept), len(self.kept)):
             raise ValueError(f"weights {self.weights.shape} for {len(self.kept)} kept items")
         self.position = {self.item_ids[c]: p for p, c in enumerate(self.kept.tolist())}
+        self.index = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        """Catalog position of every item: where it is in `scores`."""
 
     @classmethod
     def fit(

@@ -1,11 +1,13 @@
 """Score fusion of the candidate sources, and the tuned weights saved beside an index.
 
-Every candidate carries four features, each comparable across users:
+Every candidate carries five features, each comparable across users:
 
 - `ann`: cosine between the user profile and the item (−1..1),
 - `item_knn`: item-kNN score divided by the user's best item-kNN score (0..1),
 - `als`: ALS score clipped at 0, divided by the user's best ALS score (0..1),
-- `popularity`: `log1p(users) / log1p(max users)` over the catalog (0..1).
+- `popularity`: `log1p(users) / log1p(max users)` over the catalog (0..1),
+- `ease`: EASE score of the recency-weighted history clipped at 0, divided by
+  the user's best EASE score (0..1).
 
 The fused score is their weighted sum; only ratios between weights change the
 order. `llmrec eval --tune` picks the weights on a validation split and writes
@@ -28,7 +30,7 @@ from retrieval.config import RouterConfig
 __all__ = ["FEATURES", "FUSION_NAME", "FusionWeights", "fuse", "load_fusion", "save_fusion"]
 
 FUSION_NAME = "fusion.json"
-FEATURES = ("ann", "item_knn", "als", "popularity")
+FEATURES = ("ann", "item_knn", "als", "popularity", "ease")
 """Column order of candidate feature matrices."""
 
 
@@ -37,6 +39,7 @@ _CONFIG_FIELDS = {
     "item_knn": "cf_weight",
     "als": "als_weight",
     "popularity": "popularity_weight",
+    "ease": "ease_weight",
 }
 """Each feature weight's `RouterConfig` field."""
 
@@ -47,10 +50,10 @@ def _router_default(feature: str) -> float:
 
 @dataclass(frozen=True)
 class FusionWeights:
-    """Weights of the four features, plus the LLM share of the rerank blend.
+    """Weights of the features, plus the LLM share of the rerank blend.
 
     The defaults are `RouterConfig`'s (`ann_weight`, `cf_weight`, `als_weight`,
-    `popularity_weight`); `from_config` takes a config's values.
+    `popularity_weight`, `ease_weight`); `from_config` takes a config's values.
 
     `rerank` is `None` when the reranker's own `rerank_weight` applies; 0
     means the LLM cannot change the order, so the router skips the call.
@@ -61,6 +64,7 @@ class FusionWeights:
     item_knn: float = _router_default("item_knn")
     als: float = _router_default("als")
     popularity: float = _router_default("popularity")
+    ease: float = _router_default("ease")
     rerank: float | None = None
     tuned: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -73,11 +77,11 @@ class FusionWeights:
 
     @property
     def vector(self) -> np.ndarray:
-        """The four feature weights in `FEATURES` order."""
+        """The feature weights in `FEATURES` order."""
         return np.asarray([getattr(self, name) for name in FEATURES], dtype=np.float64)
 
     def with_features(self, vector: np.ndarray | list[float]) -> FusionWeights:
-        """A copy with the four feature weights replaced (same order as `FEATURES`)."""
+        """A copy with the feature weights replaced (same order as `FEATURES`)."""
         return replace(self, **{n: float(v) for n, v in zip(FEATURES, vector, strict=True)})
 
     @classmethod
@@ -94,11 +98,12 @@ class FusionWeights:
         unknown = set(raw) - known
         if unknown:
             raise ValueError(f"unknown fusion fields {sorted(unknown)}")
-        return cls(**raw)
+        # Weights tuned before a feature existed give it none: their ratios stay as tuned.
+        return cls(**{**dict.fromkeys(FEATURES, 0.0), **raw})
 
 
 def fuse(features: np.ndarray, weights: FusionWeights) -> np.ndarray:
-    """Fused scores of candidates, `features` of shape `(n, 4)` in `FEATURES` order."""
+    """Fused scores of candidates, `features` of shape `(n, len(FEATURES))` in that order."""
     features = np.asarray(features, dtype=np.float64).reshape(-1, len(FEATURES))
     return features @ weights.vector
 

@@ -15,8 +15,8 @@ The stages and their deadline rules:
    deadline and by `shard_timeout_ms`; a late or failed replica has each of its
    shards named in `degraded` (`shard-N`). The rows of the candidates come from
    the cache, the rest in one lookup per replica.
-   Item-kNN and ALS candidates join; every candidate gets the four features
-   of `retrieval.fusion` (cosine, item-kNN, ALS, popularity) and their
+   Item-kNN, ALS and EASE candidates join; every candidate gets the features
+   of `retrieval.fusion` (cosine, item-kNN, ALS, popularity, EASE) and their
    weighted sum is its score. Cold users with no query get popularity.
 4. rerank the top candidates with the LLM, then explain the final items in
    prompts that repeat the rerank prompt (its lettered candidates first);
@@ -59,9 +59,10 @@ from deployments.reranker.prompts import Candidate, PromptContext
 from deployments.router.schemas import RecommendedItem, RecommendRequest, RecommendResponse
 from retrieval.collab import AlsModel, ItemKNN
 from retrieval.config import AppConfig
+from retrieval.ease import EaseModel
 from retrieval.fusion import FEATURES, FusionWeights, fuse
 from retrieval.merge import merge_top_k
-from retrieval.profiles import blend_query, user_profile
+from retrieval.profiles import blend_query, recency_weights, user_profile
 from retrieval.shards import Hit, Scored, ShardLayout
 
 __all__ = [
@@ -119,7 +120,7 @@ class RerankClient(Protocol):
     ) -> list[Explanation]: ...
 
 
-_ANN, _KNN, _ALS, _POP = range(len(FEATURES))
+_ANN, _KNN, _ALS, _POP, _EASE = range(len(FEATURES))
 _STAGE_ERRORS = (TimeoutError, BackendFailed, QueueFull, DeadlineExceeded)
 """What costs a stage (named in `degraded`) instead of the request: the router's own
 timeouts and the project's failure family (`BackendUnavailable` is a `BackendFailed`)."""
@@ -184,7 +185,7 @@ class RouterCore:
     """Answers `RecommendRequest`s. Backends and models come in through the constructor.
 
     `shards[g]` is retriever replica g of `layout` (default: one shard each).
-    `cf` (item-kNN, also the popularity ranking) and `als` are optional; a
+    `cf` (item-kNN, also the popularity ranking), `als` and `ease` are optional; a
     missing model contributes zero to its feature. `fusion` defaults to the
     weights in `config.router` (see `FusionWeights.from_config`).
     """
@@ -198,6 +199,7 @@ class RouterCore:
         reranker: RerankClient | None = None,
         cf: ItemKNN | None = None,
         als: AlsModel | None = None,
+        ease: EaseModel | None = None,
         fusion: FusionWeights | None = None,
         histories: dict[str, list[str]] | None = None,
         layout: ShardLayout | None = None,
@@ -214,6 +216,7 @@ class RouterCore:
         self.reranker = reranker
         self.cf = cf
         self.als = als
+        self.ease = ease
         self.fusion = fusion if fusion is not None else FusionWeights.from_config(config.router)
         self.histories = histories if histories is not None else {}
         self.in_flight = 0
@@ -227,7 +230,7 @@ class RouterCore:
         # A query states what the user wants now: the cosine to the query-blended profile
         # must count at least as much as the collaborative scores, and popularity not at all.
         self.query_fusion = dataclasses.replace(
-            f, ann=max(f.ann, f.item_knn + f.als, 1e-6), popularity=0.0
+            f, ann=max(f.ann, f.item_knn + f.als + f.ease, 1e-6), popularity=0.0
         )
 
     async def recommend(
@@ -415,19 +418,31 @@ class RouterCore:
     def _collaborative(
         self, history_ids: list[str], seen: list[str]
     ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-        """Per model (`cf`, `als`): its normalised score of every item and its own top items.
+        """Per model (`cf`, `als`, `ease`): its normalised score of every item and its top items.
 
-        Scores are divided by the user's best unseen score (ALS clipped at 0),
-        so 1.0 is the model's favourite and seen items score 0.
+        Scores are divided by the user's best unseen score (clipped at 0), so 1.0
+        is the model's favourite and seen items score 0. EASE scores the history
+        recency-weighted (`router.ease_half_life`).
         """
         cfg = self.config.router
         normalised: dict[str, np.ndarray] = {}
         tops: dict[str, list[str]] = {}
-        for name, n in (("cf", cfg.cf_candidates), ("als", cfg.als_candidates)):
+        sources = (
+            ("cf", cfg.cf_candidates),
+            ("als", cfg.als_candidates),
+            ("ease", cfg.ease_candidates),
+        )
+        for name, n in sources:
             model = self._models[name]
             if model is None or not history_ids:
                 continue
-            scores = np.maximum(model.scores(history_ids), 0.0)
+            if name == "ease":
+                raw = model.scores(
+                    history_ids, recency_weights(len(history_ids), cfg.ease_half_life)
+                )
+            else:
+                raw = model.scores(history_ids)
+            scores = np.maximum(raw, 0.0)
             known = _positions(model.index, seen)
             scores[known[known >= 0]] = 0.0
             top = float(scores.max()) if len(scores) else 0.0
@@ -438,8 +453,8 @@ class RouterCore:
         return normalised, tops
 
     @property
-    def _models(self) -> dict[str, ItemKNN | AlsModel | None]:
-        return {"cf": self.cf, "als": self.als}
+    def _models(self) -> dict[str, ItemKNN | AlsModel | EaseModel | None]:
+        return {"cf": self.cf, "als": self.als, "ease": self.ease}
 
     def _popularity_of(self, item_id: str) -> float:
         if self._popularity is None or self.cf is None:
@@ -493,7 +508,7 @@ class RouterCore:
         features[: len(ann_ids), _ANN] = [ann[i] for i in ann_ids]
         if new_ids:  # the collaborative proposals' cosine to the profile, in one product
             features[len(ann_ids) :, _ANN] = np.stack([rows[i][1] for i in new_ids]) @ vector
-        for column, name in ((_KNN, "cf"), (_ALS, "als")):
+        for column, name in ((_KNN, "cf"), (_ALS, "als"), (_EASE, "ease")):
             if name in normalised:
                 features[:, column] = _gather(normalised[name], self._models[name].index, item_ids)
         if self._popularity is not None:

@@ -28,7 +28,7 @@ from deployments.router.http import (
 )
 from deployments.router.items import ItemStore
 from deployments.router.metrics import RouterMetrics
-from retrieval.build import load_als, load_cf
+from retrieval.build import load_als, load_cf, load_ease
 from retrieval.config import AppConfig
 from retrieval.fusion import load_fusion
 from retrieval.shards import ShardLayout, load_manifest
@@ -145,6 +145,7 @@ class Router:
             reranker=self.reranker,
             cf=load_cf(self.config.index_path),
             als=load_als(self.config.index_path),
+            ease=load_ease(self.config.index_path),
             # Tuned weights from `llmrec eval --tune`; RouterConfig's when absent or disabled.
             fusion=(
                 load_fusion(self.config.index_path) if self.config.router.use_tuned_fusion else None

@@ -71,9 +71,9 @@ def test_fusion_grid_has_one_point_per_ratio():
 
 def test_fusion_weights_change_the_order():
     # x is the nearest by cosine, y the ALS favourite.
-    features = np.array([[0.9, 0.0, 0.1, 0.0], [0.5, 0.0, 1.0, 0.0]])
-    ann_only = FusionWeights(ann=1.0, item_knn=0.0, als=0.0, popularity=0.0)
-    als_heavy = FusionWeights(ann=0.1, item_knn=0.0, als=1.0, popularity=0.0)
+    features = np.array([[0.9, 0.0, 0.1, 0.0, 0.0], [0.5, 0.0, 1.0, 0.0, 0.0]])
+    ann_only = FusionWeights(ann=1.0, item_knn=0.0, als=0.0, popularity=0.0, ease=0.0)
+    als_heavy = FusionWeights(ann=0.1, item_knn=0.0, als=1.0, popularity=0.0, ease=0.0)
     assert np.argmax(fuse(features, ann_only)) == 0
     assert np.argmax(fuse(features, als_heavy)) == 1
 
@@ -82,7 +82,7 @@ def test_tune_fusion_finds_the_informative_feature():
     rng = np.random.default_rng(0)
     pools, targets = {}, {}
     for u in range(40):
-        features = rng.random((30, 4))
+        features = rng.random((30, len(FEATURES)))
         t = int(rng.integers(30))
         features[t, 2] = 1.5  # ALS always puts the target first; the rest is noise
         pools[str(u)] = ([f"i{j}" for j in range(30)], features)
@@ -131,6 +131,10 @@ def test_fusion_file_round_trip(tmp_path):
     again = load_fusion(tmp_path)
     assert again == weights and again.tuned == {"users": 3}
     assert load_fusion(tmp_path / "nowhere") is None
+    # Weights tuned before EASE joined the features give it none.
+    (tmp_path / "fusion.json").write_text('{"ann": 0.5, "item_knn": 0.2, "als": 1.0}')
+    older = load_fusion(tmp_path)
+    assert older.ease == 0.0 and older.popularity == 0.0 and older.als == 1.0
     (tmp_path / "fusion.json").write_text('{"ann": -1}')
     with pytest.raises(ValueError, match="fusion.json"):
         load_fusion(tmp_path)

@@ -20,7 +20,8 @@ from deployments.router.core import RouterCore
 from deployments.router.schemas import RecommendRequest
 from retrieval.collab import AlsModel, ItemKNN
 from retrieval.config import AppConfig, RerankerConfig, RouterConfig
-from retrieval.fusion import FusionWeights
+from retrieval.ease import EaseModel
+from retrieval.fusion import FEATURES, FusionWeights
 from retrieval.shards import Shard, shard_of
 from tests.factories import ScriptedEngine, make_shards
 
@@ -103,6 +104,7 @@ def make_core(
     cf=True,
     histories=None,
     als=None,
+    ease=None,
     fusion=None,
     config=None,
     encode=None,
@@ -124,6 +126,7 @@ def make_core(
         reranker=reranker,
         cf=knn if cf else None,
         als=als,
+        ease=ease,
         fusion=fusion,
         histories=histories or {},
     )
@@ -361,6 +364,26 @@ async def test_als_candidates_join_with_their_source(world):
         RecommendRequest(history=["1"], k=3)
     )
     assert ids(answer)[0] == "7" and "als" in answer.items[0].sources
+
+
+async def test_ease_candidates_join_with_their_source_scored_by_recency(world):
+    _, _, knn = world
+    # Whoever took 1 took 7; whoever took 3 took 9. The latest history item leads EASE.
+    log = pa.table(
+        {
+            "user_id": ["a", "a", "b", "b", "c", "c", "d", "d"],
+            "item_id": ["1", "7", "1", "7", "3", "9", "3", "9"],
+        }
+    )
+    ease = EaseModel.fit(log, knn.item_ids, lam=0.5)
+    weights = FusionWeights(ann=0.01, item_knn=0.0, als=0.0, popularity=0.0, ease=1.0)
+    core = make_core(world, ease=ease, fusion=weights)
+    answer = await core.recommend(RecommendRequest(history=["3", "1"], k=3))
+    assert ids(answer)[:2] == ["7", "9"] and "ease" in answer.items[0].sources
+    answer = await core.recommend(RecommendRequest(history=["1", "3"], k=3))
+    assert ids(answer)[:2] == ["9", "7"]
+    pool = {p.item_id: p for p in await core.candidate_pool(RecommendRequest(history=["1"]))}
+    assert pool["7"].features[FEATURES.index("ease")] == 1.0  # normalised to the best
 
 
 async def test_candidate_pool_exposes_features_before_ordering(world):

@@ -39,6 +39,7 @@ __all__ = [
     "NotOk",
     "client_connections",
     "closed_loop",
+    "honour_retry_after",
     "closed_loop_http",
     "free_port",
     "timeouts",
@@ -179,6 +180,7 @@ async def closed_loop_http(
                 "POST", url, headers=_JSON, content=body, extensions=extensions
             )
             if response.status != 200:
+                await honour_retry_after(response.headers)
                 raise NotOk(response.status)
 
         return await closed_loop(
@@ -188,6 +190,19 @@ async def closed_loop_http(
             warmup_s=warmup_s,
             failures=(*FAILURES, NotOk),
         )
+
+
+async def honour_retry_after(headers: list[tuple[bytes, bytes]]) -> None:
+    """Wait the `Retry-After` seconds of a refusal, as a well-behaved client does.
+
+    A closed-loop client that sent again at once would measure its own storm of
+    refusals rather than what the service can take.
+    """
+    for name, value in headers:
+        if name.lower() == b"retry-after":
+            with contextlib.suppress(ValueError):  # an HTTP date: not sent by this service
+                await asyncio.sleep(min(float(value), 10.0))
+            return
 
 
 def wait_until_up(url: str, body: dict[str, Any], *, timeout_s: float) -> None:

@@ -12,7 +12,8 @@ closed loop, in one run:
 Each row gives throughput, p50/p99 (nearest rank) of the 200 answers, the
 share of the floor's throughput at the same concurrency, how far its p50 is
 above the floor's, the answers other than 200 (past `router.max_in_flight`
-those are 503 refusals, sent at once), and the mean of the service's own
+those are 503 refusals, sent at once; the refused client waits the
+`Retry-After` it was given before its next request), and the mean of the service's own
 `timings_ms` per stage. It prints a table and
 writes JSON (`--json`). Ids, users and queries come from the dataset the
 service was built from (`--data`, default the config's).
@@ -38,6 +39,7 @@ from cluster.bench.driver import (
     NotOk,
     client_connections,
     closed_loop,
+    honour_retry_after,
     timeouts,
 )
 from loadtest.auth import add_api_key_argument, api_key_from, auth_headers
@@ -112,6 +114,7 @@ async def measure(
                 extensions=extensions,
             )
             if response.status != 200:
+                await honour_retry_after(response.headers)
                 raise NotOk(response.status)
             return json.loads(response.content).get("timings_ms", {}) if body is not None else {}
 

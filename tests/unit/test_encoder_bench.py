@@ -129,3 +129,18 @@ def test_the_reported_fast_path_is_the_one_llmrec_serves(capsys):
     out = capsys.readouterr().out
     assert "onnx (served): mean cosine to PyTorch fp32 0.999999" in out
     assert "bf16: mean cosine to PyTorch fp32 0.999980" in out
+
+
+async def test_a_refused_bench_client_waits_the_retry_after_it_was_given():
+    import time
+
+    from cluster.bench.driver import honour_retry_after
+
+    started = time.perf_counter()
+    await honour_retry_after([(b"content-type", b"text/plain"), (b"Retry-After", b"0.2")])
+    waited = time.perf_counter() - started
+    assert 0.2 <= waited < 1.0
+    started = time.perf_counter()
+    await honour_retry_after([(b"content-type", b"text/plain")])
+    await honour_retry_after([(b"retry-after", b"Wed, 21 Oct 2026 07:28:00 GMT")])
+    assert time.perf_counter() - started < 0.05

@@ -57,7 +57,7 @@ from retrieval.evaluate import (
 )
 from retrieval.fusion import FUSION_NAME, FusionWeights, load_fusion, save_fusion
 from retrieval.metrics import latency_summary, score_rankings
-from retrieval.shards import Hit, Scored, Shard, load_manifest
+from retrieval.shards import Found, Hit, Shard, load_manifest
 from retrieval.split import Split, leave_last_out
 
 if TYPE_CHECKING:
@@ -130,8 +130,8 @@ class _LocalShard:
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
 
-    async def search_ids(self, vector, k, exclude, categories) -> list[Scored]:
-        return self.shard.search_ids(vector, k, exclude=exclude, categories=categories)
+    async def search_ids(self, vector, k, exclude, categories, also) -> Found:
+        return self.shard.find(vector, k, exclude=exclude, categories=categories, also=also)
 
     async def lookup(self, item_ids):
         return self.shard.lookup(item_ids)

@@ -49,6 +49,7 @@ __all__ = [
     "Item",
     "Manifest",
     "Scored",
+    "Found",
     "Shard",
     "ShardFiles",
     "ShardLayout",
@@ -74,6 +75,18 @@ class Scored(NamedTuple):
 
     item_id: str
     score: float
+
+
+class Found(NamedTuple):
+    """A shard's answer to the router: its top k, and the scores of the ids it was asked about.
+
+    `scored` holds the inner product of the query with each asked-about item the
+    shard holds (live, and in `categories` when given), so candidates proposed by
+    other sources get their cosine without their rows crossing a hop.
+    """
+
+    nearest: list[Scored]
+    scored: list[Scored]
 
 
 def _by_category(categories: Sequence[list[str] | None]) -> dict[str, np.ndarray]:
@@ -351,6 +364,39 @@ class Shard:
             Scored(self.item_ids[row], score)
             for score, row in self._top(query, k, exclude, categories)
         ]
+
+    def score_ids(
+        self,
+        query: np.ndarray,
+        item_ids: Iterable[str],
+        categories: Sequence[str] | None = None,
+    ) -> list[Scored]:
+        """Inner product of `query` with each live item of `item_ids` this shard holds
+        (only those in one of `categories`, when given), in the order asked."""
+        rows = [(i, p) for i, p in ((i, self.position.get(i)) for i in item_ids) if p is not None]
+        if categories:
+            wanted = set(categories)
+            rows = [(i, p) for i, p in rows if wanted & set(self.categories[p])]
+        if not rows:
+            return []
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
+        vectors = np.stack([self._vector(p) for _, p in rows])
+        return [Scored(i, float(s)) for (i, _), s in zip(rows, vectors @ query, strict=True)]
+
+    def find(
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        exclude: Iterable[str] = (),
+        categories: Sequence[str] | None = None,
+        also: Iterable[str] = (),
+    ) -> Found:
+        """`search_ids`, and `score_ids` of `also` (see `Found`)."""
+        return Found(
+            self.search_ids(query, k, exclude=exclude, categories=categories),
+            self.score_ids(query, also, categories),
+        )
 
     def _top(
         self,

@@ -18,7 +18,7 @@ import numpy as np
 
 from retrieval.config import SEARCH_KNOBS, RetrieverConfig
 from retrieval.merge import merge_top_k
-from retrieval.shards import Hit, IndexIntegrityError, Item, Scored, Shard, shard_of
+from retrieval.shards import Found, Hit, IndexIntegrityError, Item, Shard, shard_of
 
 __all__ = [
     "SEARCH_TIME_FIELDS",
@@ -120,8 +120,10 @@ class ShardRetrieverCore:
         k: int,
         exclude: Sequence[str] = (),
         categories: Sequence[str] | None = None,
-    ) -> list[Scored]:
-        return self.shard.search_ids(vector, k, exclude=exclude, categories=categories)
+        also: Sequence[str] = (),
+    ) -> Found:
+        """The top `k` as ids and scores, and the scores of the `also` items (`Shard.find`)."""
+        return self.shard.find(vector, k, exclude=exclude, categories=categories, also=also)
 
     def lookup(self, item_ids: Sequence[str]) -> dict[str, tuple[Hit, np.ndarray]]:
         return self.shard.lookup(item_ids)
@@ -218,11 +220,19 @@ class ShardGroupCore:
         k: int,
         exclude: Sequence[str] = (),
         categories: Sequence[str] | None = None,
-    ) -> list[Scored]:
-        """The `k` best of this group's shards, each searched without the `exclude` it owns."""
-        parts = self._by_owner(exclude)
-        found = [c.search_ids(vector, k, parts[s], categories) for s, c in self.cores.items()]
-        return merge_top_k(found, k)
+        also: Sequence[str] = (),
+    ) -> Found:
+        """The `k` best of this group's shards, each searched without the `exclude` it owns,
+        and the scores of the `also` items they hold."""
+        excluded, asked = self._by_owner(exclude), self._by_owner(also)
+        found = [
+            c.search_ids(vector, k, excluded[s], categories, asked[s])
+            for s, c in self.cores.items()
+        ]
+        return Found(
+            merge_top_k([f.nearest for f in found], k),
+            [scored for f in found for scored in f.scored],
+        )
 
     def lookup(self, item_ids: Sequence[str]) -> dict[str, tuple[Hit, np.ndarray]]:
         found: dict[str, tuple[Hit, np.ndarray]] = {}

@@ -23,7 +23,7 @@ from ray.serve import Application
 
 from deployments.retriever.core import ShardGroupCore, split_config
 from retrieval.config import RetrieverConfig
-from retrieval.shards import Hit, Item, Scored, ShardLayout
+from retrieval.shards import Found, Hit, Item, ShardLayout
 
 T = TypeVar("T")
 
@@ -84,10 +84,16 @@ class ShardRetriever:
         return await self._search(self.core.search, vector, k, exclude, categories)
 
     async def search_ids(
-        self, vector: np.ndarray, k: int, exclude: list[str], categories: list[str] | None
-    ) -> list[Scored]:
-        """The top `k` as ids and scores only: what the router asks (it caches rows)."""
-        return await self._search(self.core.search_ids, vector, k, exclude, categories)
+        self,
+        vector: np.ndarray,
+        k: int,
+        exclude: list[str],
+        categories: list[str] | None,
+        also: list[str] | None = None,
+    ) -> Found:
+        """The top `k` as ids and scores, and the scores of the `also` items: what the router
+        asks (it fetches rows only for the candidates it keeps)."""
+        return await self._search(self.core.search_ids, vector, k, exclude, categories, also or [])
 
     async def lookup(self, item_ids: list[str]) -> dict[str, tuple[Hit, np.ndarray]]:
         return await asyncio.to_thread(self.core.lookup, item_ids)

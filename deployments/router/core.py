@@ -63,7 +63,7 @@ from retrieval.ease import EaseModel
 from retrieval.fusion import FEATURES, FusionWeights, fuse
 from retrieval.merge import merge_top_k
 from retrieval.profiles import blend_query, recency_weights, user_profile
-from retrieval.shards import Hit, Scored, ShardLayout
+from retrieval.shards import Found, Hit, ShardLayout
 
 __all__ = [
     "Answer",
@@ -84,8 +84,13 @@ class ShardClient(Protocol):
     """
 
     async def search_ids(
-        self, vector: np.ndarray, k: int, exclude: list[str], categories: list[str] | None
-    ) -> list[Scored]: ...
+        self,
+        vector: np.ndarray,
+        k: int,
+        exclude: list[str],
+        categories: list[str] | None,
+        also: list[str],
+    ) -> Found: ...
 
     async def lookup(self, item_ids: list[str]) -> dict[str, tuple[Hit, np.ndarray]]: ...
 
@@ -128,7 +133,8 @@ timeouts and the project's failure family (`BackendUnavailable` is a `BackendFai
 
 @dataclass
 class _Candidate:
-    hit: Hit
+    item_id: str
+    hit: Hit | None  # the row, fetched only for the candidates that may be shown
     features: np.ndarray  # FEATURES order
     sources: list[str] = field(default_factory=list)
     score: float = 0.0
@@ -254,8 +260,10 @@ class RouterCore:
         """`recommend`, plus each item's `Explanation`."""
         clock = _Clock(req.deadline_ms or self.config.router.default_deadline_ms, arrived)
         degraded: list[str] = []
-        history_ids, history, candidates = await self._candidates(req, clock, degraded)
-        ranked = sorted(candidates, key=lambda c: -c.score)
+        # Rows for what can be shown: the top k, or the LLM's candidates when it reranks.
+        rows_for = max(req.k, self.config.reranker.max_candidates if req.rerank else 0)
+        history_ids, history, candidates = await self._candidates(req, clock, degraded, rows_for)
+        ranked = [c for c in sorted(candidates, key=lambda c: -c.score) if c.hit is not None]
 
         reranked = False
         history_hits = [history[i][0] for i in history_ids]
@@ -299,16 +307,17 @@ class RouterCore:
         one pool per user under many weightings.
         """
         clock = _Clock(req.deadline_ms or self.config.router.default_deadline_ms)
-        _, _, candidates = await self._candidates(req, clock, [])
+        _, _, candidates = await self._candidates(req, clock, [], rows_for=0)
         return [
-            PoolEntry(c.hit.item_id, tuple(float(f) for f in c.features), tuple(c.sources))
+            PoolEntry(c.item_id, tuple(float(f) for f in c.features), tuple(c.sources))
             for c in candidates
         ]
 
     async def _candidates(
-        self, req: RecommendRequest, clock: _Clock, degraded: list[str]
+        self, req: RecommendRequest, clock: _Clock, degraded: list[str], rows_for: int
     ) -> tuple[list[str], dict[str, tuple[Hit, np.ndarray]], list[_Candidate]]:
-        """History ids, their rows and vectors, and the scored candidate pool of `req`."""
+        """History ids, their rows and vectors, and the scored candidate pool of `req`; the
+        best `rows_for` candidates carry their rows."""
         cfg = self.config.router
         t = time.perf_counter()
         stored = self.histories.get(req.user_id, []) if req.user_id else []
@@ -344,7 +353,7 @@ class RouterCore:
             vector = blend_query(profile, query_vec, cfg.query_weight)
             weights = self.fusion if query_vec is None else self.query_fusion
             candidates = await self._retrieve(
-                vector, history_ids, seen, categories, req.k, weights, clock, degraded
+                vector, history_ids, seen, categories, req.k, weights, clock, degraded, rows_for
             )
         clock.lap("retrieve", t)
         if not candidates and any(d.startswith("shard-") for d in degraded):
@@ -472,42 +481,39 @@ class RouterCore:
         weights: FusionWeights,
         clock: _Clock,
         degraded: list[str],
+        rows_for: int,
     ) -> list[_Candidate]:
+        """The fused pool; only its best `rows_for` carry their rows (the rest: `hit` None)."""
         n = max(k, self.config.retriever.candidates)
-        # Each replica is sent only the seen items its shards own, and answers ids and scores.
+        normalised, tops = self._collaborative(history_ids, seen)
+        proposed = list(dict.fromkeys(i for ids in tops.values() for i in ids))
+        # One call per replica: its nearest items (without the seen ones its shards own)
+        # and the cosine of the collaborative proposals they hold, ids and scores only.
         seen_by_replica: dict[int, list[str]] = {g: [] for g in range(len(self.shards))}
         for item_id in seen:
             seen_by_replica[self.layout.replica(item_id)].append(item_id)
+        asked: dict[int, list[str]] = {g: [] for g in range(len(self.shards))}
+        for item_id in proposed:
+            asked[self.layout.replica(item_id)].append(item_id)
         calls = {
-            g: shard.search_ids(vector, n, seen_by_replica[g], categories)
+            g: shard.search_ids(vector, n, seen_by_replica[g], categories, asked[g])
             for g, shard in enumerate(self.shards)
         }
         t = time.perf_counter()
         results = await self._gather_shards(calls, clock, degraded)
         clock.lap("search", t)  # the retrieve stage's wait on its shard calls
-        nearest = merge_top_k(results.values(), n)
-        normalised, tops = self._collaborative(history_ids, seen)
-        ann = {hit.item_id: hit.score for hit in nearest}
-        proposed = dict.fromkeys(i for ids in tops.values() for i in ids)
-        new = [i for i in proposed if i not in ann]
-        # One lookup for every row not cached: the nearest items and the collaborative ones.
-        t = time.perf_counter()
-        rows = await self._lookup([*ann, *new], clock, degraded)
-        clock.lap("rows", t)  # cached rows, plus one lookup per replica for the rest
-        # An id without a row was deleted since the search, or its shard failed.
-        ann_ids = [i for i in ann if i in rows]
-        wanted = set(categories or ())
-        new_ids = [
-            i for i in new if i in rows and (not wanted or wanted & set(rows[i][0].categories))
-        ]
-        item_ids = ann_ids + new_ids
+        ann = {
+            hit.item_id: hit.score for hit in merge_top_k([r.nearest for r in results.values()], n)
+        }
+        # A proposal no shard scored is deleted, outside the category filter, or on a failed shard.
+        cosine = {s.item_id: s.score for r in results.values() for s in r.scored}
+        new_ids = [i for i in proposed if i not in ann and i in cosine]
+        item_ids = [*ann, *new_ids]
         if not item_ids:
             return []
         # Every candidate's features at once: arrays in FEATURES order, then one fuse.
         features = np.zeros((len(item_ids), len(FEATURES)), dtype=np.float64)
-        features[: len(ann_ids), _ANN] = [ann[i] for i in ann_ids]
-        if new_ids:  # the collaborative proposals' cosine to the profile, in one product
-            features[len(ann_ids) :, _ANN] = np.stack([rows[i][1] for i in new_ids]) @ vector
+        features[:, _ANN] = [ann.get(i, cosine.get(i, 0.0)) for i in item_ids]
         for column, name in ((_KNN, "cf"), (_ALS, "als"), (_EASE, "ease")):
             if name in normalised:
                 features[:, column] = _gather(normalised[name], self._models[name].index, item_ids)
@@ -515,20 +521,31 @@ class RouterCore:
             features[:, _POP] = _gather(self._popularity, self.cf.index, item_ids)
         scores = fuse(features, weights)
         proposers = {source: set(ids) for source, ids in tops.items()}
-        return [
+        pool = [
             _Candidate(
-                hit=rows[item_id][0],
+                item_id=item_id,
+                hit=None,
                 features=row,
                 sources=[
-                    *(["ann"] if pos < len(ann_ids) else []),
+                    *(["ann"] if item_id in ann else []),
                     *(source for source, ids in proposers.items() if item_id in ids),
                 ],
                 score=float(score),
             )
-            for pos, (item_id, row, score) in enumerate(
-                zip(item_ids, features, scores, strict=True)
-            )
+            for item_id, row, score in zip(item_ids, features, scores, strict=True)
         ]
+        # Rows (title, text, categories) only for the candidates that can be shown or reranked.
+        best = sorted(pool, key=lambda c: -c.score)[:rows_for]
+        t = time.perf_counter()
+        rows = await self._lookup([c.item_id for c in best], clock, degraded)
+        clock.lap("rows", t)  # cached rows, plus one lookup per replica for the rest
+        gone = set()
+        for c in best:
+            if c.item_id in rows:
+                c.hit = rows[c.item_id][0]
+            else:  # deleted since the search, or its replica failed the lookup
+                gone.add(c.item_id)
+        return [c for c in pool if c.item_id not in gone]
 
     async def _popular(
         self,
@@ -554,6 +571,7 @@ class RouterCore:
                 continue
             out.append(
                 _Candidate(
+                    item_id=item_id,
                     hit=hit,
                     features=_features(popularity=self._popularity_of(item_id)),
                     sources=["popular"],

@@ -32,14 +32,14 @@ class LocalShard:
         self.looked_up: list[str] = []
         self.excluded: list[list[str]] = []
 
-    async def search_ids(self, vector, k, exclude, categories):
+    async def search_ids(self, vector, k, exclude, categories, also):
         await asyncio.sleep(self.delay)
         if self.bug:
             raise KeyError("a bug in the shard, not an outage")
         if self.fail:
             raise BackendUnavailable("ShardRetriever-0 did not answer")
         self.excluded.append(list(exclude))
-        return self.shard.search_ids(vector, k, exclude=exclude, categories=categories)
+        return self.shard.find(vector, k, exclude=exclude, categories=categories, also=also)
 
     async def lookup(self, item_ids):
         await asyncio.sleep(self.delay)

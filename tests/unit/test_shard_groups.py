@@ -51,13 +51,14 @@ def test_a_group_searches_its_shards_as_their_merge(index):
     alone = [ShardRetrieverCore(path, s, config) for s in (1, 2, 3)]
     query = vectors[7]
     truth = sorted(
-        (hit for core in alone for hit in core.search_ids(query, 10)), key=lambda h: -h.score
+        (hit for core in alone for hit in core.search_ids(query, 10).nearest),
+        key=lambda h: -h.score,
     )[:10]
-    assert [h.item_id for h in group.search_ids(query, 10)] == [h.item_id for h in truth]
+    assert [h.item_id for h in group.search_ids(query, 10).nearest] == [h.item_id for h in truth]
     assert [h.item_id for h in group.search(query, 10)] == [h.item_id for h in truth]
     # Seen items are excluded by the shard that owns them; ids of other groups are ignored.
     seen = [h.item_id for h in truth[:4]] + ["not-here"]
-    after = [h.item_id for h in group.search_ids(query, 10, exclude=seen)]
+    after = [h.item_id for h in group.search_ids(query, 10, exclude=seen).nearest]
     assert not set(seen) & set(after) and len(after) == 10
     owned = [str(i) for i in range(1, 301) if shard_of(str(i), N_SHARDS) in (1, 2, 3)]
     foreign = [str(i) for i in range(1, 301) if shard_of(str(i), N_SHARDS) == 0]
@@ -96,8 +97,8 @@ class GroupClient:
             raise BackendUnavailable("ShardRetriever did not answer")
         return fn(*args)
 
-    async def search_ids(self, vector, k, exclude, categories):
-        return await self._call(self.core.search_ids, vector, k, exclude, categories)
+    async def search_ids(self, vector, k, exclude, categories, also):
+        return await self._call(self.core.search_ids, vector, k, exclude, categories, also)
 
     async def lookup(self, item_ids):
         return await self._call(self.core.lookup, item_ids)
@@ -173,3 +174,33 @@ async def test_catalog_calls_go_to_the_replica_of_the_item_and_name_its_shard(in
     landed = [i for i in new if shard_of(i, N_SHARDS) != 4]
     for item_id in landed:
         assert (await store.find(item_id)).item_id == item_id
+
+
+def test_a_shard_scores_the_ids_it_is_asked_about_without_their_rows(index):
+    path, vectors = index
+    core = ShardRetrieverCore(path, 2, RetrieverConfig())
+    mine = [i for i in core.shard.item_ids if shard_of(i, N_SHARDS) == 2][:5]
+    found = core.search_ids(vectors[0], 5, also=[*mine, "not-here"])
+    assert [s.item_id for s in found.scored] == mine
+    for scored in found.scored:
+        assert scored.score == pytest.approx(float(vectors[int(scored.item_id) - 1] @ vectors[0]))
+    # The category filter applies to them as to the search.
+    cats = core.search_ids(vectors[0], 5, categories=["Drama"], also=mine).scored
+    assert {s.item_id for s in cats} == {i for i in mine if (int(i) - 1) % 4 == 0}
+
+
+async def test_rows_are_fetched_only_for_what_can_be_shown(index):
+    path, vectors = index
+    core, clients = router_over(path, vectors, per_replica=N_SHARDS)
+    looked_up = []
+    lookup = clients[0].core.lookup
+    clients[0].core.lookup = lambda ids: looked_up.append(list(ids)) or lookup(ids)
+    history = [str(i) for i in range(1, 40, 2)]
+    answer = await core.recommend(RecommendRequest(history=history, k=5, rerank=False))
+    assert len(answer.items) == 5
+    history_lookup, candidate_rows = looked_up
+    assert sorted(history_lookup) == sorted(history) and len(candidate_rows) == 5
+    pool = await core.candidate_pool(RecommendRequest(history=history, k=5))
+    # The pool for tuning needs no rows: its history comes from the row cache, and no
+    # candidate row is asked for.
+    assert len(pool) > 5 and len(looked_up) == 2

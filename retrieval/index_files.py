@@ -13,7 +13,6 @@ n_shards`, so an upsert knows where to go without a lookup.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from retrieval.config import IndexBuildConfig
 from retrieval.index_types import CHUNK, ShardIndex, new_index, resolve_index
 from retrieval.integrity import (
     IndexIntegrityError,
+    file_lock,
     fsync_dir,
     replace_atomically,
     sha256_of,
@@ -160,12 +160,8 @@ def load_manifest(index_dir: Path) -> Manifest:
 @contextmanager
 def _manifest_lock(index_dir: Path) -> Iterator[None]:
     # Shards of one folder live in different processes; the lock serialises their updates.
-    with (Path(index_dir) / ".manifest.lock").open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(Path(index_dir) / ".manifest.lock"):
+        yield
 
 
 def update_manifest(index_dir: Path, shard_no: int, files: ShardFiles) -> Manifest:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -14,6 +16,7 @@ __all__ = [
     "IndexIntegrityError",
     "append_durably",
     "complete_lines",
+    "file_lock",
     "fsync_dir",
     "replace_atomically",
     "sha256_of",
@@ -35,6 +38,18 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on `path` (made when missing): one holder at a time, across
+    processes and across threads that open it separately."""
+    with Path(path).open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def fsync_dir(path: Path) -> None:

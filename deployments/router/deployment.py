@@ -15,10 +15,16 @@ from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from deployments.errors import BackendUnavailable, LlmrecError, QueueFull
+from deployments.errors import BackendUnavailable, LlmrecError, NotFound, QueueFull
 from deployments.router.auth import ApiKeys
 from deployments.router.core import RouterCore
-from deployments.router.feedback import FEEDBACK_FILE, FeedbackLog, apply_event, load_histories
+from deployments.router.feedback import (
+    FEEDBACK_FILE,
+    FeedbackLog,
+    apply_event,
+    erase_user,
+    load_histories,
+)
 from deployments.router.http import (
     error_response,
     parse_feedback,
@@ -219,6 +225,18 @@ class Router:
         await asyncio.to_thread(self.feedback.append, event)
         apply_event(self.histories, event)
         return JSONResponse({"recorded": event.model_dump()})
+
+    @api.delete("/v1/users/{user_id}")
+    async def erase_user(self, user_id: str, request: Request) -> Response:
+        """Forget a user: their feedback events, their rows of the interaction log and the
+        history this replica holds; the files are rewritten before the answer. 404 for a
+        user none of them knows. Other router replicas forget the user when they restart."""
+        self.keys.check(request.headers, "write")
+        removed = await asyncio.to_thread(erase_user, self.config, self.feedback, user_id)
+        history = self.histories.pop(user_id, [])
+        if not history and not any(removed.values()):
+            raise NotFound(f"unknown user {user_id!r}", field="user_id")
+        return JSONResponse({"erased": user_id, **removed, "history_items": len(history)})
 
     @api.get("/v1/health")
     async def health(self) -> Response:

@@ -149,6 +149,22 @@ def test_feedback_joins_the_users_history(service, catalog, demo_dir):
     lines = (demo_dir / "feedback.jsonl").read_text().splitlines()
     assert [json.loads(line)["item_id"] for line in lines if user in line] == liked
 
+    # Forget the user: their events leave the file, their history this replica's memory.
+    r = service.delete(f"/v1/users/{user}")
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "erased": user,
+        "feedback_events": 3,
+        "interactions": 0,
+        "history_items": 3,
+    }
+    lines = (demo_dir / "feedback.jsonl").read_text().splitlines()
+    assert not [line for line in lines if user in line]
+    again = recommend(service, user_id=user, k=10)
+    assert all(i["sources"] == ["popular"] for i in again["items"])  # cold again
+    r = service.delete(f"/v1/users/{user}")
+    assert r.status_code == 404 and r.json()["error"]["field"] == "user_id"
+
 
 @pytest.mark.parametrize(
     "body, status, field",

@@ -9,7 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from deployments.errors import InvalidInput, Unavailable
-from deployments.router.feedback import FEEDBACK_FILE, FeedbackLog, apply_event, load_histories
+from deployments.router.feedback import (
+    FEEDBACK_FILE,
+    FeedbackLog,
+    apply_event,
+    erase_user,
+    load_histories,
+)
 from deployments.router.http import parse_feedback
 from deployments.router.schemas import FeedbackEvent
 from retrieval.config import AppConfig
@@ -93,3 +99,46 @@ def test_router_histories_are_the_log_then_the_feedback(tmp_path):
     log.append(event("w", "d", 9))
     histories = load_histories(AppConfig(data_dir=str(tmp_path)), log)
     assert histories == {"u": ["b", "a"], "v": ["c"], "w": ["d"]}
+
+
+def test_an_erased_user_is_gone_from_both_files_and_stays_gone_after_a_restart(tmp_path):
+    log_path = tmp_path / "interactions.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": ["u", "u", "v", "u"],
+                "item_id": ["b", "a", "c", "d"],
+                "ts": [2, 1, 5, 5],
+                "rating": [4.0, 3.0, 5.0, 1.0],
+            }
+        ),
+        log_path,
+    )
+    feedback = FeedbackLog(tmp_path / FEEDBACK_FILE)
+    for e in (event("u", "e", 9), event("w", "d", 9), event("u", "f", 10)):
+        feedback.append(e)
+    config = AppConfig(data_dir=str(tmp_path))
+    assert erase_user(config, feedback, "u") == {"feedback_events": 2, "interactions": 3}
+    # A new replica starts from the files: nothing of u is left, the others are intact.
+    assert load_histories(config, FeedbackLog(tmp_path / FEEDBACK_FILE)) == {
+        "v": ["c"],
+        "w": ["d"],
+    }
+    table = pq.read_table(log_path)
+    assert table.column_names == ["user_id", "item_id", "ts", "rating"]
+    assert table.to_pylist() == [{"user_id": "v", "item_id": "c", "ts": 5, "rating": 5.0}]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and "tmp" in p.name]
+    # Erasing again removes nothing; appends still work after a rewrite.
+    assert erase_user(config, feedback, "u") == {"feedback_events": 0, "interactions": 0}
+    feedback.append(event("u", "g", 11))
+    assert [(e.user_id, e.item_id) for e in feedback.replay()] == [("w", "d"), ("u", "g")]
+
+
+def test_erasing_refuses_a_log_with_a_line_that_is_not_an_event(tmp_path):
+    feedback = FeedbackLog(tmp_path / FEEDBACK_FILE)
+    feedback.append(event("u", "a", 1))
+    with (tmp_path / FEEDBACK_FILE).open("ab") as f:
+        f.write(b"not json\n")
+    with pytest.raises(ValueError, match="line 2: not a feedback event"):
+        erase_user(AppConfig(data_dir=str(tmp_path)), feedback, "u")
+    assert len((tmp_path / FEEDBACK_FILE).read_bytes().splitlines()) == 2  # left as it was

@@ -418,6 +418,26 @@ class RouterCore:
                 cache.update(part)
         return found
 
+    def _cached_cosine(
+        self,
+        vector: np.ndarray,
+        proposed: list[str],
+        answered: dict[int, object],
+        categories: list[str] | None,
+    ) -> dict[str, float]:
+        """The cosine of the proposals whose replica did not answer, from the row cache."""
+        if self.item_rows is None or len(answered) == len(self.shards):
+            return {}
+        wanted = set(categories or ())
+        out = {}
+        for item_id in proposed:
+            row = None
+            if self.layout.replica(item_id) not in answered:
+                row = self.item_rows.get(item_id)
+            if row is not None and (not wanted or wanted & set(row[0].categories)):
+                out[item_id] = float(row[1] @ vector)
+        return out
+
     def forget_items(self, item_ids: Iterable[str]) -> None:
         """Drop cached rows of items that changed (upserted or deleted through this replica)."""
         if self.item_rows is not None:
@@ -505,8 +525,10 @@ class RouterCore:
         ann = {
             hit.item_id: hit.score for hit in merge_top_k([r.nearest for r in results.values()], n)
         }
-        # A proposal no shard scored is deleted, outside the category filter, or on a failed shard.
+        # A proposal no shard scored is deleted, outside the category filter, or on a failed
+        # replica: those last are scored from their cached rows, when the cache has them.
         cosine = {s.item_id: s.score for r in results.values() for s in r.scored}
+        cosine.update(self._cached_cosine(vector, proposed, results, categories))
         new_ids = [i for i in proposed if i not in ann and i in cosine]
         item_ids = [*ann, *new_ids]
         if not item_ids:

@@ -529,3 +529,18 @@ def test_top_positions_match_a_stable_full_sort_and_gather_reads_known_ids():
     values = np.array([0.5, 0.25, 1.0])
     got = _gather(values, {"a": 0, "b": 1, "c": 2}, ["c", "x", "a", "c"])
     np.testing.assert_array_equal(got, [1.0, 0.0, 0.5, 1.0])
+
+
+async def test_with_every_shard_down_a_known_user_is_answered_from_cached_rows(world):
+    weights = FusionWeights(ann=0.1, item_knn=1.0, als=0.0, popularity=0.0, ease=0.0)
+    core = make_core(world, fusion=weights)
+    # The first answer shows the item-kNN proposal ("3"), so its row is in the cache.
+    first = await core.recommend(RecommendRequest(history=["1", "2"], k=5, rerank=False))
+    assert first.degraded == [] and "3" in {i.item_id for i in first.items}
+    for shard in core.shards:
+        shard.fail = True
+    answer = await core.recommend(RecommendRequest(history=["1", "2"], k=5, rerank=False))
+    assert answer.degraded == [f"shard-{s}" for s in range(4)]
+    assert [i.item_id for i in answer.items] == ["3"] and answer.items[0].sources == ["cf"]
+    with pytest.raises(DeadlineExceeded, match="no shard answered"):
+        await core.recommend(RecommendRequest(query="3", k=5, rerank=False))

@@ -93,11 +93,7 @@ def build_index(
     interactions_path = data_dir / "interactions.parquet"
     if interactions_path.exists():
         interactions = pq.read_table(interactions_path, columns=["user_id", "item_id"])
-        models = fit_collaborative(interactions, catalog["item_id"].to_pylist())
-        for name, model in ((CF_NAME, models.cf), (ALS_NAME, models.als), (EASE_NAME, models.ease)):
-            tmp = data_dir / "index" / f".{name}.tmp.npz"
-            model.save(tmp)
-            os.replace(tmp, data_dir / "index" / name)
+        fit_collaborative(interactions, catalog["item_id"].to_pylist()).save(data_dir / "index")
     return manifest
 
 
@@ -107,6 +103,14 @@ class Collaborative(NamedTuple):
     cf: ItemKNN
     als: AlsModel
     ease: EaseModel
+
+    def save(self, index_dir: Path) -> None:
+        """Write each model beside the shards (`CF_NAME`, `ALS_NAME`, `EASE_NAME`), each
+        through a temporary file and a rename."""
+        for name, model in ((CF_NAME, self.cf), (ALS_NAME, self.als), (EASE_NAME, self.ease)):
+            tmp = Path(index_dir) / f".{name}.tmp.npz"
+            model.save(tmp)
+            os.replace(tmp, Path(index_dir) / name)
 
 
 def fit_collaborative(interactions: pa.Table, item_ids: list[str]) -> Collaborative:

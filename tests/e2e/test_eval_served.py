@@ -16,7 +16,7 @@ from ray import serve
 
 from cluster.cli import main
 from deployments.app import build_app
-from retrieval.build import ALS_NAME, CF_NAME, fit_collaborative
+from retrieval.build import fit_collaborative
 from retrieval.split import leave_last_out, write_split
 
 pytestmark = pytest.mark.slow
@@ -34,9 +34,7 @@ def train_only(demo_dir, tmp_path_factory):
     write_split(demo_dir, out, split)
     shutil.copytree(demo_dir / "index", out / "index")
     item_ids = pq.read_table(out / "catalog.parquet", columns=["item_id"])["item_id"].to_pylist()
-    cf, als = fit_collaborative(pq.read_table(out / "interactions.parquet"), item_ids)
-    cf.save(out / "index" / CF_NAME)
-    als.save(out / "index" / ALS_NAME)
+    fit_collaborative(pq.read_table(out / "interactions.parquet"), item_ids).save(out / "index")
     return out
 
 

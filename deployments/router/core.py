@@ -404,14 +404,16 @@ class RouterCore:
         """Rows and vectors of `item_ids` that exist: cached ones, the rest from their replicas."""
         cache = self.item_rows
         found: dict[str, tuple[Hit, np.ndarray]] = {}
-        by_replica: dict[int, list[str]] = {}
+        missing = []
         for item_id in item_ids:
             row = cache.get(item_id) if cache is not None else None
             if row is not None:
                 found[item_id] = row
             else:
-                by_replica.setdefault(self.layout.replica(item_id), []).append(item_id)
-        calls = {g: self.shards[g].lookup(ids) for g, ids in by_replica.items()}
+                missing.append(item_id)
+        calls = {
+            g: self.shards[g].lookup(ids) for g, ids in self._by_replica(missing).items() if ids
+        }
         for part in (await self._gather_shards(calls, clock, degraded)).values():
             found.update(part)
             if cache is not None:
@@ -437,6 +439,13 @@ class RouterCore:
             if row is not None and (not wanted or wanted & set(row[0].categories)):
                 out[item_id] = float(row[1] @ vector)
         return out
+
+    def _by_replica(self, item_ids: Iterable[str]) -> dict[int, list[str]]:
+        """`item_ids` split by the retriever replica that serves them (every replica a key)."""
+        parts: dict[int, list[str]] = {g: [] for g in range(len(self.shards))}
+        for item_id in item_ids:
+            parts[self.layout.replica(item_id)].append(item_id)
+        return parts
 
     def forget_items(self, item_ids: Iterable[str]) -> None:
         """Drop cached rows of items that changed (upserted or deleted through this replica)."""
@@ -509,12 +518,7 @@ class RouterCore:
         proposed = list(dict.fromkeys(i for ids in tops.values() for i in ids))
         # One call per replica: its nearest items (without the seen ones its shards own)
         # and the cosine of the collaborative proposals they hold, ids and scores only.
-        seen_by_replica: dict[int, list[str]] = {g: [] for g in range(len(self.shards))}
-        for item_id in seen:
-            seen_by_replica[self.layout.replica(item_id)].append(item_id)
-        asked: dict[int, list[str]] = {g: [] for g in range(len(self.shards))}
-        for item_id in proposed:
-            asked[self.layout.replica(item_id)].append(item_id)
+        seen_by_replica, asked = self._by_replica(seen), self._by_replica(proposed)
         calls = {
             g: shard.search_ids(vector, n, seen_by_replica[g], categories, asked[g])
             for g, shard in enumerate(self.shards)
@@ -595,7 +599,7 @@ class RouterCore:
                 _Candidate(
                     item_id=item_id,
                     hit=hit,
-                    features=_features(popularity=self._popularity_of(item_id)),
+                    features=_popularity_features(self._popularity_of(item_id)),
                     sources=["popular"],
                     score=pop / top,
                 )
@@ -716,9 +720,10 @@ def _top_positions(scores: np.ndarray, n: int) -> np.ndarray:
     return part[order][:n]
 
 
-def _features(ann: float = 0.0, popularity: float = 0.0) -> np.ndarray:
+def _popularity_features(popularity: float) -> np.ndarray:
+    """The features of a popularity-only candidate: every other source scores it 0."""
     f = np.zeros(len(FEATURES), dtype=np.float64)
-    f[_ANN], f[_POP] = ann, popularity
+    f[_POP] = popularity
     return f
 
 

@@ -380,7 +380,7 @@ class Shard:
         if not rows:
             return []
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
-        vectors = np.stack([self._vector(p) for _, p in rows])
+        vectors = self._vectors([p for _, p in rows])
         return [Scored(i, float(s)) for (i, _), s in zip(rows, vectors @ query, strict=True)]
 
     def find(
@@ -429,21 +429,25 @@ class Shard:
             categories=list(self.categories[pos]),
         )
 
-    def _vector(self, row: int) -> np.ndarray:
+    def _vectors(self, rows: Sequence[int]) -> np.ndarray:
+        """Stored vectors of `rows`, in that order: the snapshot's in one batch."""
         view = self._view
-        if row < view.base_n:
-            return view.base.vectors(np.array([row]))[0]
-        with self._delta_lock:
-            return view.delta.reconstruct(row - view.base_n)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        base = [n for n, row in enumerate(rows) if row < view.base_n]
+        if base:
+            out[base] = view.base.vectors(np.array([rows[n] for n in base]))
+        delta = [n for n, row in enumerate(rows) if row >= view.base_n]
+        if delta:
+            with self._delta_lock:
+                for n in delta:
+                    out[n] = view.delta.reconstruct(rows[n] - view.base_n)
+        return out
 
     def lookup(self, item_ids: Iterable[str]) -> dict[str, tuple[Hit, np.ndarray]]:
         """Rows and stored vectors of the given live items that this shard owns."""
-        found = {}
-        for item_id in item_ids:
-            pos = self.position.get(item_id)
-            if pos is not None:
-                found[item_id] = (self._hit(pos, 0.0), self._vector(pos))
-        return found
+        held = [(i, p) for i, p in ((i, self.position.get(i)) for i in item_ids) if p is not None]
+        vectors = self._vectors([p for _, p in held])
+        return {i: (self._hit(p, 0.0), v) for (i, p), v in zip(held, vectors, strict=True)}
 
     def any_item(self) -> str | None:
         """The id of the first live row, or None when the shard is empty."""

@@ -78,6 +78,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="users (seeded sample) whose top k are explained; the share that passed "
         "validation is reported; 0 skips",
     )
+    s.add_argument(
+        "--attack",
+        dest="attack_users",
+        type=int,
+        nargs="?",
+        const=100,
+        default=0,
+        metavar="USERS",
+        help="measure prompt injection through catalog text on USERS (default 100) seeded "
+        "users: attack success and clean NDCG with the injection guard off and on",
+    )
     s.add_argument("--write-split", metavar="OUT", help="only write the train-only dataset to OUT")
     s.add_argument("--json", help="write the results as JSON here")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -173,3 +184,42 @@ def _print(result: dict[str, Any]) -> None:
             for item in e["items"]:
                 mark = "✓" if item["grounded"] else "template"
                 console.print(f"  {item['title']}: {item['explanation']} [{mark}]")
+    if "attack" in result:
+        _print_attack(result["attack"], k)
+
+
+def _print_attack(attack: dict[str, Any], k: int) -> None:
+    if "skipped" in attack:
+        console.print(f"attack: skipped ({attack['skipped']})")
+        return
+    table = Table(
+        title=f"prompt injection: {attack['requests']} attacked requests, one item outside the "
+        f"top {k} each, LLM weight {attack['weight']}"
+    )
+    for col in ("guard", "success", "95% CI", "control", "repeats", f"NDCG@{k}", f"R@{k}"):
+        table.add_column(col, justify="right")
+    base = attack["retrieval_only"]
+    ndcg, recall = f"ndcg_at_{k}", f"recall_at_{k}"
+    table.add_row("no LLM", "", "", "", "", f"{base[ndcg]:.4f}", f"{base[recall]:.4f}")
+    for mode, g in attack["guard"].items():
+        low, high = g["attack_success_ci95"]
+        table.add_row(
+            mode,
+            f"{g['attack_success']:.1%}",
+            f"{low:.1%}–{high:.1%}",
+            f"{g['control_promoted']:.1%}",
+            f"{g['explanations_repeating_injection']}/{g['explained']}",
+            f"{g['clean'][ndcg]:.4f}",
+            f"{g['clean'][recall]:.4f}",
+        )
+    console.print(table)
+    console.print(
+        "success: the attacked item ends in the final top k; control: the same item without "
+        "the attack text does; repeats: explanations of it that repeat the attack's words; "
+        f"NDCG/R: the clean reranks of the same {attack['requests']} users"
+    )
+    for mode, g in attack["guard"].items():
+        console.print(
+            f"guard {mode}, successes by kind: "
+            + ", ".join(f"{n} {v}" for n, v in g["by_kind"].items())
+        )

@@ -34,6 +34,7 @@ import numpy as np
 from rich.console import Console
 from tqdm import tqdm
 
+from deployments.attack_eval import attack_eval
 from deployments.reranker.core import RerankerCore
 from deployments.reranker.prompts import Candidate, PromptContext
 from deployments.router.core import RouterCore
@@ -95,6 +96,9 @@ class EvalOptions:
     """Users (seeded sample) ranked with the LLM reranker; 0 skips the LLM."""
     explain_users: int = 20
     """Users (seeded sample) whose top k are explained; 0 skips."""
+    attack_users: int = 0
+    """Users (seeded sample) whose candidates get a prompt-injection attack (`attack_eval`),
+    reranked with the injection guard off and on; 0 skips."""
     progress: bool = True
     """Progress bars and the engine spinner."""
 
@@ -103,9 +107,12 @@ class EvalOptions:
             raise ValueError("need 1 <= k <= depth (--k, --depth)")
         if self.url and self.tune:
             raise ValueError("--tune runs in-process; drop --url (then serve the tuned index)")
+        if self.url and self.attack_users:
+            raise ValueError("--attack runs in-process (it edits candidates); drop --url")
 
 
 _EVAL_DEADLINE_MS = 120_000
+_ATTACKS_EXPLAINED = 24  # attacked requests whose attacked item is also explained (3 per kind)
 _MAX_SENT_HISTORY = 1000  # the API's limit on `history`
 
 
@@ -192,9 +199,10 @@ class _World:
         ids = list(dict.fromkeys(history))[-self.cfg.router.max_history :]
         return [i for i in ids if i in self.rows]
 
-    def reranker(self, weight: float) -> RerankerCore:
-        """A `RerankerCore` on the shared engine whose LLM share of the blend is `weight`."""
-        config = self.cfg.reranker.model_copy(update={"rerank_weight": weight})
+    def reranker(self, weight: float, **settings: Any) -> RerankerCore:
+        """A `RerankerCore` on the shared engine whose LLM share of the blend is `weight`
+        (and other `settings` of the reranker config changed)."""
+        config = self.cfg.reranker.model_copy(update={"rerank_weight": weight, **settings})
         return RerankerCore(config, resolve_path(self.cfg.models_dir), engine=self.engine)
 
 
@@ -246,7 +254,7 @@ async def evaluate(
     progress = opts.progress
     world = _load_world(cfg)
     users = sample_users(split.users, opts.users, opts.seed)
-    if (opts.rerank_users > 0 or opts.explain_users > 0) and not opts.url:
+    if (opts.rerank_users > 0 or opts.explain_users > 0 or opts.attack_users > 0) and not opts.url:
         _start_engine(world, progress)
     try:
         tuning: dict[str, Any] | None = None
@@ -310,6 +318,8 @@ async def evaluate(
 
         result["rerank"] = await _rerank_eval(opts, world, split, users, rankings, models, fusion)
         result["explanations"] = await _explain_eval(opts, world, split, users, models, fusion)
+        if opts.attack_users > 0:
+            result["attack"] = await _attack_eval(opts, world, split, users, models, fusion)
         return result
     finally:
         if world.engine is not None:
@@ -469,6 +479,42 @@ async def _rerank_eval(
     out["with"] = score_rankings(ranked, split.targets, opts.k, n_items).to_json()
     out["latency_ms"] = latency_summary(seconds)
     return out
+
+
+async def _attack_eval(
+    opts: EvalOptions,
+    world: _World,
+    split: Split,
+    users: list[str],
+    models: Collaborative,
+    fusion: FusionWeights,
+) -> dict[str, Any]:
+    """Prompt-injection attacks on a seeded user sample, the injection guard off and on."""
+    if world.engine is None:
+        return {"skipped": world.engine_error or "no LLM"}
+    weight = fusion.rerank if fusion.rerank is not None else world.cfg.reranker.rerank_weight
+    plain = world.core(models, dataclasses.replace(fusion, rerank=None))
+
+    async def ranking(user: str):
+        return await plain.recommend(_request(split.histories[user], opts.depth))
+
+    return await attack_eval(
+        rankings=ranking,
+        rows=world.rows,
+        history_ids=world.history_ids,
+        scorers={
+            "off": world.reranker(weight, injection_guard=False),
+            "on": world.reranker(weight, injection_guard=True),
+        },
+        weight=weight,
+        split=split,
+        users=users,
+        n_users=opts.attack_users,
+        k=opts.k,
+        explain_users=_ATTACKS_EXPLAINED,
+        seed=opts.seed,
+        progress=opts.progress,
+    )
 
 
 def _candidate(hit: Hit) -> Candidate:

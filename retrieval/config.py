@@ -290,6 +290,10 @@ class RerankerConfig(_Section):
     """Most candidates lettered in the rerank prompt (A..T); fewer when the deadline is near."""
     rerank_weight: float = Field(0.5, ge=0, le=1)
     """Weight of the LLM score in the blend with the retrieval score (0 keeps retrieval order)."""
+    injection_guard: bool = True
+    """Neutralise catalog text that talks to the LLM (`retrieval.injection`): special tokens
+    and role labels are removed, and an item whose text is instruction-like is shown without
+    it and cannot be moved up by the LLM. `llmrec eval --attack` measures it on and off."""
     prompt_tokens: int = Field(1024, ge=128)
     """Token budget of the rerank prompt: item texts are cut (to a quarter, then dropped) until
     the prompt fits. The explanations repeat this prompt, so it also bounds theirs."""

@@ -34,6 +34,7 @@ from deployments.reranker.prompts import (
     build_explain_prompt,
     build_rerank_prompt,
     explanation_from,
+    guard_context,
     letter_scores,
     prompt_vocabulary,
     steer_for,
@@ -192,6 +193,9 @@ class RerankerCore:
         if len(head) < 2:
             return RerankOutcome([(i, 1.0) for i in by_retrieval], len(head), 0)
         ordered = _with_candidates(context, [candidates[i] for i in head])
+        flagged: frozenset[int] = frozenset()
+        if self.config.injection_guard:
+            ordered, flagged = guard_context(ordered)
         messages, n, text_chars, estimate, budget = self._fit_rerank(
             ordered, deadline, explain_after
         )
@@ -201,6 +205,8 @@ class RerankerCore:
             out = await self._call(self.engine.score(messages), deadline)
         self._record_score(lettered, text_chars, out.prompt_tokens, out.cached_tokens, started)
         llm = [round(v, _LOGPROB_DECIMALS) for v in letter_scores(out.logprobs or {}, n)]
+        if flagged:  # the LLM may not move an item whose text talks to it up
+            llm = [min(llm) if j in flagged else v for j, v in enumerate(llm)]
         share = self.config.rerank_weight if weight is None else weight
         blended = blend([retrieval_scores[i] for i in head[:n]], llm, share)
         order = sorted(range(n), key=lambda j: -blended[j])  # stable: ties keep retrieval order
@@ -313,6 +319,8 @@ class RerankerCore:
         limit = min(len(context.candidates), len(LETTERS))
         if any(not 0 <= t < limit for t in targets):
             raise ValueError("targets must index lettered candidates of the context")
+        if self.config.injection_guard:
+            context, _ = guard_context(context)  # as the rerank prompt showed it
         if not context.history_titles and not (context.query and context.query.strip()):
             return [self._template(context, t, "nothing_to_name") for t in targets]
         chars = self.config.item_text_chars if item_text_chars is None else item_text_chars

@@ -21,6 +21,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from retrieval.injection import instruction_spans, sanitise
+
 __all__ = [
     "LETTERS",
     "MAX_EXPLANATION_CHARS",
@@ -36,6 +38,7 @@ __all__ = [
     "check_reason",
     "display_title",
     "explanation_from",
+    "guard_context",
     "letter_scores",
     "prompt_vocabulary",
     "stem",
@@ -109,6 +112,40 @@ class PromptContext:
     history_categories: list[list[str]]
     query: str | None
     candidates: list[Candidate]
+
+
+WITHHELD_TITLE = "(title withheld)"
+"""What a prompt shows for a title that carries instructions."""
+
+
+def guard_context(context: PromptContext) -> tuple[PromptContext, frozenset[int]]:
+    """`context` with catalog text neutralised, and the candidates whose text is instruction-like.
+
+    Every title, category and text is `sanitise`d (special tokens, role labels and
+    the prompt's framing words go). A candidate whose title or text
+    `instruction_spans` flags keeps only its categories and, when the title itself
+    is clean, its title; its text is withheld. The caller keeps the LLM from
+    moving the flagged candidates (their indices are returned) up.
+    """
+    flagged = set()
+    candidates = []
+    for i, item in enumerate(context.candidates):
+        title_spans, text_spans = instruction_spans(item.title), instruction_spans(item.text)
+        if title_spans or text_spans:
+            flagged.add(i)
+        candidates.append(
+            Candidate(
+                item_id=item.item_id,
+                title=WITHHELD_TITLE if title_spans else sanitise(item.title),
+                text="" if title_spans or text_spans else sanitise(item.text),
+                categories=[sanitise(c) for c in item.categories],
+            )
+        )
+    history = [
+        WITHHELD_TITLE if instruction_spans(t) else sanitise(t) for t in context.history_titles
+    ]
+    categories = [[sanitise(c) for c in cats] for cats in context.history_categories]
+    return PromptContext(history, categories, context.query, candidates), frozenset(flagged)
 
 
 def _clean(text: str, limit: int) -> str:

@@ -36,6 +36,7 @@ def test_eval_tunes_and_the_hybrid_beats_every_single_source(demo_dir, tmp_path)
             "--fusion-out", str(fusion),
             "--rerank-users", "3",
             "--explain-users", "1",
+            "--attack", "2",
             "--json", str(out),
             "--no-progress",
         ]
@@ -58,6 +59,12 @@ def test_eval_tunes_and_the_hybrid_beats_every_single_source(demo_dir, tmp_path)
     assert r["metrics"]["ndcg_at_10"] > max(others)
     ease = max(r["baselines"][n]["ndcg_at_10"] for n in ("ease", "ease_recent"))
     assert r["metrics"]["ndcg_at_10"] > 0.9 * ease
+    # The attack eval ran on the real engine, guard off and on, on the same two requests.
+    attack = r["attack"]
+    assert attack["requests"] == 2 and set(attack["guard"]) == {"off", "on"}
+    for g in attack["guard"].values():
+        assert 0.0 <= g["attack_success"] <= 1.0 and g["explained"] == 2
+        assert g["clean"]["users"] == 2
 
     # The tuned weights were written where asked (never into the shared index) and used.
     saved = json.loads(fusion.read_text())

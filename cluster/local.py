@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import httpx
 import yaml
 
 from retrieval.config import PROJECT_ROOT, AppConfig, resolve_path
+from retrieval.privacy import ensure_secret_file
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -31,18 +31,22 @@ __all__ = [
     "ClusterError",
     "cluster_resources",
     "down",
+    "head_command",
     "health",
     "load_serve_config",
     "render_serve_config",
     "replicas_running",
     "serve_app_configs",
     "serve_status",
+    "start_head",
+    "stop_head",
     "up",
 ]
 
 DEFAULT_CONFIG = PROJECT_ROOT / "ray_config.yaml"
 RUN_DIR = Path("~/.cache/llmrec/run").expanduser()
-DASHBOARD = "http://127.0.0.1:8265"
+DASHBOARD_PORT = 8265
+DASHBOARD = f"http://127.0.0.1:{DASHBOARD_PORT}"
 # The head `up` starts listens on this GCS port. Ray's CLIs are always pointed at it (and
 # `down` stops only its processes): on a shared machine other local Ray instances (for
 # example tests' `ray.init()`) exist, and `ray status`/`ray stop` would otherwise find
@@ -78,19 +82,9 @@ def _bin(name: str) -> str:
 
 
 def ensure_auth_token(path: Path) -> Path:
-    """Ray's auth token file: made once (64 hex characters) and kept readable by its owner only.
-
-    A token that exists already is kept (other Ray tools on this machine use it); only its
-    mode is narrowed to 600.
-    """
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o600)
-    return path
+    """Ray's auth token file: made once and kept readable by its owner only (a token that
+    exists already is kept, since other Ray tools on this machine use it)."""
+    return ensure_secret_file(path)
 
 
 def _ray_env() -> dict[str, str]:
@@ -171,30 +165,30 @@ def _ray_running() -> bool:
     return _run([_bin("ray"), "status", "--address", HEAD_ADDRESS], check=False).returncode == 0
 
 
-def _head_session() -> str | None:
-    """Session folder of the local head (the GCS on HEAD_PORT); None when it is not running."""
+def _head_session(port: int = HEAD_PORT) -> str | None:
+    """Session folder of the local head whose GCS is on `port`; None when it is not running."""
     import psutil
 
     for proc in psutil.process_iter(["name", "cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if f"--gcs_server_port={HEAD_PORT}" in cmd:
+        if f"--gcs_server_port={port}" in cmd:
             for arg in cmd:
                 if arg.startswith("--session-dir="):
                     return arg.partition("=")[2]
     return None
 
 
-def _head_processes() -> list:
+def _head_processes(port: int = HEAD_PORT) -> list:
     """The head's processes (those naming its session or GCS address) and their descendants."""
     import psutil
 
-    session = _head_session()
+    session = _head_session(port)
     if session is None:
         return []
     found = {}
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if any(session in a or a.endswith(f":{HEAD_PORT}") for a in cmd):
+        if any(session in a or a.endswith(f":{port}") for a in cmd):
             with contextlib.suppress(psutil.Error):
                 for p in [proc, *proc.children(recursive=True)]:
                     found[p.pid] = p
@@ -318,19 +312,7 @@ def up(
     if address:
         dashboard = address if address.startswith("http") else f"http://{address}"
     elif not _ray_running():
-        cmd = [
-            _bin("ray"),
-            "start",
-            "--head",
-            f"--port={HEAD_PORT}",
-            f"--metrics-export-port={METRICS_PORT}",
-            "--disable-usage-stats",
-            "--dashboard-host",
-            "127.0.0.1",
-            f"--num-cpus={num_cpus or os.cpu_count() or 2}",
-        ]
-        _run(cmd, extra_env=RAY_START_ENV)
-        _wait_for_dashboard(dashboard)
+        start_head(num_cpus=num_cpus)
     if not address and not _dashboard_is_ours(dashboard):
         raise ClusterError(
             f"{dashboard} is not the dashboard of the local Ray head (another Ray instance on "
@@ -374,20 +356,56 @@ def down(*, stop_ray: bool = True) -> None:
 
     Only the head's own processes are ended (by pid), never other Ray instances.
     """
-    import psutil
-
     if _ray_running() and _dashboard_is_ours():
         _run([_bin("serve"), "shutdown", "-y", "--address", DASHBOARD], check=False)
     if stop_ray:
-        procs = _head_processes()
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                proc.terminate()
-        _, alive = psutil.wait_procs(procs, timeout=20)
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        current = Path("/tmp/ray/ray_current_cluster")  # what `ray stop` would also remove
-        with contextlib.suppress(OSError):
-            if current.read_text().strip().endswith(f":{HEAD_PORT}"):
-                current.unlink()
+        stop_head()
+
+
+def head_command(
+    *,
+    port: int = HEAD_PORT,
+    dashboard_port: int = DASHBOARD_PORT,
+    metrics_port: int = METRICS_PORT,
+    client_port: int = 10001,
+    num_cpus: int | None = None,
+) -> list[str]:
+    """`ray start --head` as `up` runs it: the dashboard (and with it the Jobs and Serve REST
+    APIs) on 127.0.0.1 only; token auth comes from the environment (`_ray_env`)."""
+    return [
+        _bin("ray"),
+        "start",
+        "--head",
+        f"--port={port}",
+        f"--dashboard-port={dashboard_port}",
+        f"--metrics-export-port={metrics_port}",
+        f"--ray-client-server-port={client_port}",
+        "--dashboard-host=127.0.0.1",
+        "--disable-usage-stats",
+        f"--num-cpus={num_cpus or os.cpu_count() or 2}",
+    ]
+
+
+def start_head(**options: Any) -> None:
+    """Start a local head with token auth (`head_command(**options)`); wait for its dashboard."""
+    _run(head_command(**options), extra_env=RAY_START_ENV)
+    _wait_for_dashboard(f"http://127.0.0.1:{options.get('dashboard_port', DASHBOARD_PORT)}")
+
+
+def stop_head(port: int = HEAD_PORT) -> None:
+    """End the processes of the local head whose GCS is on `port` (by pid; other Ray
+    instances on the machine keep running)."""
+    import psutil
+
+    procs = _head_processes(port)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    current = Path("/tmp/ray/ray_current_cluster")  # what `ray stop` would also remove
+    with contextlib.suppress(OSError):
+        if current.read_text().strip().endswith(f":{port}"):
+            current.unlink()

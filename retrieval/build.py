@@ -16,6 +16,7 @@ from retrieval.collab import AlsModel, ItemKNN
 from retrieval.config import AppConfig, IndexBuildConfig, resolve_path
 from retrieval.ease import EaseModel
 from retrieval.encoder import Encoder
+from retrieval.injection import describe_flagged, flagged_items
 from retrieval.shards import Manifest, build_shards
 
 __all__ = [
@@ -81,6 +82,9 @@ def build_index(
             chunks.append(encoder.encode(batch))
             bar.update(len(batch))
     vectors = np.concatenate(chunks) if chunks else np.zeros((0, encoder.dim), np.float32)
+    flagged = flagged_items(zip(catalog["item_id"].to_pylist(), texts, strict=True))
+    if flagged:
+        log.warning(describe_flagged(flagged))
     manifest = build_shards(
         catalog,
         vectors,

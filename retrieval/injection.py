@@ -26,7 +26,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["INSTRUCTION_PATTERNS", "flagged_items", "instruction_spans", "sanitise"]
+__all__ = [
+    "INSTRUCTION_PATTERNS",
+    "describe_flagged",
+    "flagged_items",
+    "instruction_spans",
+    "sanitise",
+]
 
 _SPECIAL_TOKENS = re.compile(
     r"<\|[^|<>]{0,40}\|>|</?s>|\[/?INST\]|<<\s*/?\s*SYS\s*>>|</?(system|user|assistant)>",
@@ -118,3 +124,15 @@ def flagged_items(items: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
         if spans:
             out[item_id] = sorted(spans)
     return out
+
+
+def describe_flagged(flagged: dict[str, list[str]], *, show: int = 5) -> str:
+    """One line on `flagged_items`' answer for a person to act on ("" when nothing is flagged)."""
+    if not flagged:
+        return ""
+    shown = ", ".join(f"{i} ({'/'.join(p)})" for i, p in list(flagged.items())[:show])
+    more = f" and {len(flagged) - show} more" if len(flagged) > show else ""
+    return (
+        f"{len(flagged)} item(s) with instruction-like text, withheld from the LLM's prompts: "
+        f"{shown}{more}"
+    )

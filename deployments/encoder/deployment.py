@@ -24,6 +24,7 @@ from starlette.responses import Response
 from deployments.encoder.core import EncoderCore
 from deployments.encoder.http import embeddings_body, parse_embeddings_request
 from deployments.errors import LlmrecError
+from deployments.logs import replica_logging
 from retrieval.config import EncoderConfig
 
 __all__ = ["Encoder"]
@@ -75,6 +76,7 @@ class Encoder:
     """One text per `encode` call, batched by tokens; also an HTTP embeddings endpoint."""
 
     def __init__(self, config: dict) -> None:
+        replica_logging()
         self.config = EncoderConfig.model_validate(config)
         self.core = EncoderCore(self.config)
         self._metrics = _Metrics()

@@ -8,6 +8,7 @@ from typing import Any
 from ray import serve
 from ray.serve import metrics
 
+from deployments.logs import replica_logging
 from deployments.reranker.core import Explanation, RerankerCore, RerankOutcome
 from deployments.reranker.prompts import PromptContext
 from retrieval.config import RerankerConfig
@@ -55,6 +56,7 @@ class Reranker:
 
     # Ray Serve awaits an async constructor; type checkers expect `__init__` to return None.
     async def __init__(self, config: dict, models_dir: str) -> None:  # type: ignore[misc]
+        replica_logging()
         self.core = RerankerCore(RerankerConfig.model_validate(config), Path(models_dir))
         self.metrics = _Metrics()
         await self.core.warm_up()

@@ -21,6 +21,7 @@ import numpy as np
 from ray import serve
 from ray.serve import Application
 
+from deployments.logs import replica_logging
 from deployments.retriever.core import ShardGroupCore, split_config
 from retrieval.config import RetrieverConfig
 from retrieval.shards import Found, Hit, Item, ShardLayout
@@ -55,6 +56,7 @@ class ShardRetriever:
         config: dict,
         dim: int | None = None,
     ):
+        replica_logging()
         self.core = ShardGroupCore(
             index_dir, shard_nos, n_shards, RetrieverConfig.model_validate(config), dim
         )

@@ -16,6 +16,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.errors import BackendUnavailable, LlmrecError, NotFound, QueueFull
+from deployments.logs import replica_logging
 from deployments.router.auth import ApiKeys
 from deployments.router.core import RouterCore
 from deployments.router.feedback import (
@@ -37,6 +38,8 @@ from deployments.router.metrics import RouterMetrics
 from retrieval.build import load_als, load_cf, load_ease
 from retrieval.config import AppConfig
 from retrieval.fusion import load_fusion
+from retrieval.injection import describe_flagged, flagged_items
+from retrieval.privacy import UserRefs
 from retrieval.shards import ShardLayout, load_manifest
 
 __all__ = ["Router", "api"]
@@ -130,6 +133,7 @@ class Router:
         shards: list[DeploymentHandle],
         reranker: DeploymentHandle | None = None,
     ) -> None:
+        replica_logging()
         self.config = AppConfig.model_validate(config)
         self.keys = ApiKeys.from_config(self.config.router)
         docs = self.config.router.docs
@@ -143,6 +147,7 @@ class Router:
         self.layout = ShardLayout(n_shards, self.config.retriever.shards_per_replica)
         self.reranker = _Remote(reranker) if reranker is not None else None
         self.feedback = FeedbackLog(self.config.data_path / FEEDBACK_FILE)
+        self.user_ref = UserRefs.for_data_dir(self.config.data_path)  # user ids as logs show them
         self.histories = load_histories(self.config, self.feedback)
         self.core = RouterCore(
             self.config,
@@ -199,12 +204,18 @@ class Router:
 
         Each shard has the change durable and searchable before it answers. When a
         shard fails the answer is 502 naming it; the others kept their part, and
-        sending the same request again is safe (an upsert replaces).
+        sending the same request again is safe (an upsert replaces). `flagged` names the
+        items whose text reads as instructions to the LLM (`retrieval.injection`): they
+        are stored, but the reranker withholds their text and never moves them up.
         """
         self.keys.check(request.headers, "write")
         rc = self.config.retriever
         req = parse_items(await request.body(), rc.upsert_max_bytes, rc.upsert_max_items)
-        return JSONResponse({"upserted": await self.items.upsert(req.items)})
+        upserted = await self.items.upsert(req.items)
+        flagged = flagged_items((i.item_id, f"{i.title}\n{i.text}") for i in req.items)
+        if flagged:
+            log.warning(describe_flagged(flagged))
+        return JSONResponse({"upserted": upserted, "flagged": flagged})
 
     @api.delete("/v1/items/{item_id}")
     async def delete_item(self, item_id: str, request: Request) -> Response:
@@ -224,6 +235,9 @@ class Router:
         await self.items.find(event.item_id)
         await asyncio.to_thread(self.feedback.append, event)
         apply_event(self.histories, event)
+        log.debug(
+            "feedback %s of %s on %s", event.event, self.user_ref(event.user_id), event.item_id
+        )
         return JSONResponse({"recorded": event.model_dump()})
 
     @api.delete("/v1/users/{user_id}")
@@ -236,6 +250,7 @@ class Router:
         history = self.histories.pop(user_id, [])
         if not history and not any(removed.values()):
             raise NotFound(f"unknown user {user_id!r}", field="user_id")
+        log.info("erased %s: %s, %d history items", self.user_ref(user_id), removed, len(history))
         return JSONResponse({"erased": user_id, **removed, "history_items": len(history)})
 
     @api.get("/v1/health")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import pyarrow.parquet as pq
@@ -11,20 +12,58 @@ from ray import serve
 
 from deployments.app import build_app
 
+READ_KEY, WRITE_KEY = "read-key-of-the-tests", "write-key-of-the-tests"
+WRITER = {"authorization": f"Bearer {WRITE_KEY}"}
+
 
 @pytest.fixture(scope="module")
-def service(ray_cluster, demo_dir):
+def service(ray_cluster, demo_dir, tmp_path_factory):
     # Two retriever replicas of two shards each, so killing one (the chaos test) costs
     # half the catalog, not all of it; the demo config's one-replica layout runs in e2e.
+    # API keys are on: the client below sends the write key, unless a test says otherwise.
+    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys.write_text(f"read {READ_KEY}\nwrite {WRITE_KEY}\n")
     args = {
         "data_dir": str(demo_dir),
         "reranker": {"enabled": False},
         "retriever": {"shards_per_replica": 2},
+        "router": {"api_keys_file": str(keys)},
     }
     serve.run(build_app(args), name="llmrec", route_prefix="/")
-    with httpx.Client(base_url=ray_cluster, timeout=60) as client:
+    with httpx.Client(base_url=ray_cluster, timeout=60, headers=WRITER) as client:
         yield client
     serve.delete("llmrec")
+
+
+def test_keys_and_scopes_over_http(service):
+    url = str(service.base_url)
+    body = {"query": "a western", "k": 3}
+    with httpx.Client(base_url=url, timeout=60) as anonymous:
+        assert anonymous.get("/v1/health").status_code == 200  # probes need no key
+        for r in (
+            anonymous.post("/v1/recommend", json=body),
+            anonymous.post("/v1/recommend", json=body, headers={"authorization": "Bearer nope"}),
+            anonymous.get("/v1/items/1"),
+        ):
+            assert r.status_code == 401, r.text
+            assert r.json()["error"]["type"] == "unauthorized"
+        assert anonymous.get("/docs").status_code == 404  # keys set: the docs are off
+        assert anonymous.get("/openapi.json").status_code == 404
+    reader = {"authorization": f"Bearer {READ_KEY}"}
+    with httpx.Client(base_url=url, timeout=60, headers=reader) as client:
+        assert client.post("/v1/recommend", json=body).status_code == 200
+        assert client.get("/v1/items/1").status_code == 200
+        writes = (
+            client.post("/v1/feedback", json={"user_id": "read-only", "item_id": "1"}),
+            client.post("/v1/items", json={"items": [{"item_id": "ro", "title": "Read only"}]}),
+            client.delete("/v1/items/1"),
+            client.delete("/v1/users/read-only"),
+        )
+        for r in writes:
+            assert r.status_code == 403, r.text
+            assert r.json()["error"]["type"] == "forbidden"
+    assert service.get("/v1/items/1").status_code == 200  # nothing was written or deleted
+    assert service.get("/v1/items/ro").status_code == 404
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +204,17 @@ def test_feedback_joins_the_users_history(service, catalog, demo_dir):
     r = service.delete(f"/v1/users/{user}")
     assert r.status_code == 404 and r.json()["error"]["field"] == "user_id"
 
+    # The router's log says who was erased by a keyed hash, never by the id.
+    import ray
+
+    from retrieval.privacy import UserRefs
+
+    ref = UserRefs.for_data_dir(demo_dir)(user)
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    text = "".join(p.read_text(errors="replace") for p in logs.glob("replica_llmrec_Router_*"))
+    assert f"erased {ref}" in text
+    assert user not in text
+
 
 @pytest.mark.parametrize(
     "body, status, field",
@@ -227,6 +277,7 @@ def test_a_shard_replica_killed_under_load_costs_no_request_and_no_write(
             plan,
             ReplicaKiller(ancestor=os.getpid()),
             feedback_recorded=feedback.recorded,
+            headers=WRITER,
         )
     )
     report = chaos_report(run)

@@ -56,6 +56,37 @@ def test_scopes_decide_what_a_key_may_do():
     ApiKeys().check({}, "write")  # keys off: everything passes
 
 
+def test_every_key_is_compared_in_constant_time(monkeypatch):
+    from deployments.router import auth
+
+    compared = []
+
+    def spy(a, b):
+        compared.append((a, b))
+        return a == b
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    keys = ApiKeys.parse(KEYS, "test")
+    keys.check(bearer("r-key-1"), "read")  # matches the first key, yet both are compared
+    assert compared == [(b"r-key-1", b"r-key-1"), (b"r-key-1", b"w-key-2")]
+
+
+def test_keys_stay_out_of_the_rendered_serve_config(tmp_path):
+    import yaml
+
+    from cluster.local import DEFAULT_CONFIG, render_serve_config
+
+    path = tmp_path / "keys.txt"
+    path.write_text(KEYS)
+    router = {"api_keys_file": str(path), "api_keys_env": "LLMREC_KEYS"}
+    config, cfg = render_serve_config(DEFAULT_CONFIG, overrides={"router": router})
+    rendered = yaml.safe_dump(config)
+    assert str(path) in rendered and "LLMREC_KEYS" in rendered  # where the keys are: named
+    assert "r-key-1" not in rendered and "w-key-2" not in rendered  # the keys: not there
+    with pytest.raises(ValueError, match="api_keys"):  # a key list in the config is refused
+        render_serve_config(DEFAULT_CONFIG, overrides={"router": {"api_keys": ["r-key-1"]}})
+
+
 def test_the_docs_can_be_hidden():
     from deployments.router.deployment import _hide_docs
 

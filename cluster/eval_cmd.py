@@ -168,6 +168,15 @@ def _print(result: dict[str, Any]) -> None:
     console.print(table)
     if "skipped" in rr:
         console.print(f"rerank: skipped ({rr['skipped']})")
+    lift = next((v for key, v in rr.items() if key.endswith("_lift")), None)
+    if lift:
+        low, high = lift["ci"]
+        cost = rr["latency_ms"]["p50"] - result["latency_ms"]["p50"]
+        console.print(
+            f"LLM rerank lift in NDCG@{result['k']}, paired over {lift['users']} users: "
+            f"{lift['mean']:+.4f} (95% bootstrap interval {low:+.4f} to {high:+.4f}), "
+            f"for {cost:+.1f} ms p50 per request (one request at a time)"
+        )
     f = result["fusion"]
     console.print("fusion weights: " + ", ".join(f"{n}={f[n]}" for n in (*FEATURES, "rerank")))
     ex = result.get("explanations") or {}

@@ -57,7 +57,7 @@ from retrieval.evaluate import (
     tune_rerank_weight,
 )
 from retrieval.fusion import FUSION_NAME, FusionWeights, load_fusion, save_fusion
-from retrieval.metrics import latency_summary, score_rankings
+from retrieval.metrics import latency_summary, paired_bootstrap, per_user_ndcg, score_rankings
 from retrieval.shards import Found, Hit, Shard, load_manifest
 from retrieval.split import Split, leave_last_out
 
@@ -477,6 +477,13 @@ async def _rerank_eval(
         by_weight = rerank_ndcg_by_weight(heads, split.targets, opts.k)
         out[f"ndcg_at_{opts.k}_by_weight"] = {str(w): round(v, 6) for w, v in by_weight.items()}
     out["with"] = score_rankings(ranked, split.targets, opts.k, n_items).to_json()
+    # The LLM's lift, paired by user: its NDCG@k minus the same user's without it.
+    before = per_user_ndcg({u: plain[u] for u in sample}, split.targets, opts.k)
+    after = per_user_ndcg(ranked, split.targets, opts.k)
+    users_both = [u for u in sample if u in after]
+    out[f"ndcg_at_{opts.k}_lift"] = paired_bootstrap(
+        [before[u] for u in users_both], [after[u] for u in users_both], seed=opts.seed
+    )
     out["latency_ms"] = latency_summary(seconds)
     return out
 

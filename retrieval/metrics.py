@@ -23,6 +23,8 @@ __all__ = [
     "catalog_coverage",
     "latency_summary",
     "ndcg_at_k",
+    "paired_bootstrap",
+    "per_user_ndcg",
     "percentile",
     "percentile_ms",
     "rank_of",
@@ -111,6 +113,39 @@ def score_rankings(
         mrr=mean([reciprocal_rank(r) for r in ranks]),
         coverage=catalog_coverage(rankings.values(), k, catalog_size),
     )
+
+
+def per_user_ndcg(
+    rankings: Mapping[str, Sequence[str]], targets: Mapping[str, str], k: int
+) -> dict[str, float]:
+    """NDCG@k of each user's ranking (the values `score_rankings` averages)."""
+    return {user: ndcg_at_k(rank_of(ranked, targets[user]), k) for user, ranked in rankings.items()}
+
+
+def paired_bootstrap(
+    before: Sequence[float],
+    after: Sequence[float],
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float | int | list[float]]:
+    """Mean of `after - before` over paired samples (users) and its bootstrap interval.
+
+    The users are resampled with replacement `resamples` times (seeded); the
+    interval is the percentile interval of the resampled means at `level`. An
+    interval that excludes 0 is a lift (or loss) the sample supports.
+    """
+    import numpy as np
+
+    if len(before) != len(after) or not before:
+        raise ValueError("paired_bootstrap needs two non-empty samples of the same length")
+    diff = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    picks = np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))
+    means = diff[picks].mean(axis=1)
+    tail = (1.0 - level) / 2
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return {"mean": float(diff.mean()), "ci": [float(low), float(high)], "users": len(diff)}
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

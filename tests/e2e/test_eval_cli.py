@@ -75,6 +75,11 @@ def test_eval_tunes_and_the_hybrid_beats_every_single_source(demo_dir, tmp_path)
     by_weight = rerank["val_ndcg_at_10_by_weight"]
     assert by_weight[str(float(saved["rerank"]))] >= by_weight["0.0"]  # never lowers val NDCG
     assert r["rerank"]["users"] == 3 and "with" in r["rerank"]
+    lift = r["rerank"]["ndcg_at_10_lift"]  # paired over the same 3 users
+    assert lift["users"] == 3
+    assert lift["ci"][0] <= lift["mean"] <= lift["ci"][1]
+    gain = r["rerank"]["with"]["ndcg_at_10"] - r["rerank"]["without"]["ndcg_at_10"]
+    assert lift["mean"] == pytest.approx(gain, abs=1e-5)  # the tables' values are rounded
 
     # Explanations: one user's top 10, each naming only the request's or the item's titles.
     ex = r["explanations"]

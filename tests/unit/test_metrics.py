@@ -8,6 +8,8 @@ from retrieval.metrics import (
     catalog_coverage,
     latency_summary,
     ndcg_at_k,
+    paired_bootstrap,
+    per_user_ndcg,
     rank_of,
     recall_at_k,
     reciprocal_rank,
@@ -63,3 +65,30 @@ def test_coverage_and_latency_summary():
     # Nearest rank: p50 of four is the 2nd value, p95 the 4th.
     assert s["mean"] == 2.5 and s["p50"] == 2.0 and s["p95"] == 4.0 and s["max"] == 4.0
     assert latency_summary([]) == {"mean": 0.0, "p50": 0.0, "p95": 0.0, "max": 0.0}
+
+
+def test_per_user_ndcg_is_what_score_rankings_averages():
+    rankings = {"a": ["1", "2", "3"], "b": ["3", "1"], "c": ["9"]}
+    targets = {"a": "2", "b": "3", "c": "1"}
+    per_user = per_user_ndcg(rankings, targets, k=2)
+    assert per_user == {"a": pytest.approx(1 / math.log2(3)), "b": 1.0, "c": 0.0}
+    mean = score_rankings(rankings, targets, 2, 10).ndcg
+    assert sum(per_user.values()) / 3 == pytest.approx(mean)
+
+
+def test_paired_bootstrap_interval_of_the_mean_difference():
+    before = [0.0, 0.5, 1.0, 0.2] * 25
+    same = paired_bootstrap(before, before)
+    assert same == {"mean": 0.0, "ci": [0.0, 0.0], "users": 100}  # no difference, no spread
+    lifted = paired_bootstrap(before, [b + 0.1 for b in before])
+    assert lifted["mean"] == pytest.approx(0.1) and lifted["ci"] == pytest.approx([0.1, 0.1])
+    # Half the users gain 0.2, half lose 0.1: a mean of +0.05 whose interval holds it
+    # and stays inside the spread of the differences.
+    after = [b + (0.2 if i % 2 else -0.1) for i, b in enumerate(before)]
+    mixed = paired_bootstrap(before, after, seed=1)
+    low, high = mixed["ci"]
+    assert mixed["mean"] == pytest.approx(0.05)
+    assert -0.1 < low < 0.05 < high < 0.2 and high - low < 0.1
+    assert paired_bootstrap(before, after, seed=1) == mixed  # seeded
+    with pytest.raises(ValueError, match="same length"):
+        paired_bootstrap([0.1], [0.1, 0.2])

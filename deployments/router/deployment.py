@@ -35,7 +35,7 @@ from deployments.router.http import (
 )
 from deployments.router.items import ItemStore
 from deployments.router.metrics import RouterMetrics
-from retrieval.build import load_als, load_cf, load_ease
+from retrieval.build import item_texts, load_als, load_cf, load_ease
 from retrieval.config import AppConfig
 from retrieval.fusion import load_fusion
 from retrieval.injection import describe_flagged, flagged_items
@@ -212,7 +212,8 @@ class Router:
         rc = self.config.retriever
         req = parse_items(await request.body(), rc.upsert_max_bytes, rc.upsert_max_items)
         upserted = await self.items.upsert(req.items)
-        flagged = flagged_items((i.item_id, f"{i.title}\n{i.text}") for i in req.items)
+        texts = item_texts([i.title for i in req.items], [i.text for i in req.items])
+        flagged = flagged_items(zip([i.item_id for i in req.items], texts, strict=True))
         if flagged:
             log.warning(describe_flagged(flagged))
         return JSONResponse({"upserted": upserted, "flagged": flagged})

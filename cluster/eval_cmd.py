@@ -168,7 +168,16 @@ def _print(result: dict[str, Any]) -> None:
     console.print(table)
     if "skipped" in rr:
         console.print(f"rerank: skipped ({rr['skipped']})")
-    lift = next((v for key, v in rr.items() if key.endswith("_lift")), None)
+    lift_key = f"ndcg_at_{k}_lift"
+    vs = result.get("vs_best_baseline")
+    if vs:
+        low, high = vs[lift_key]["ci"]
+        console.print(
+            f"pipeline against the best baseline ({vs['baseline']}) in NDCG@{k}, paired over "
+            f"{vs[lift_key]['users']} users: {vs[lift_key]['mean']:+.4f} "
+            f"(95% bootstrap interval {low:+.4f} to {high:+.4f})"
+        )
+    lift = rr.get(lift_key)
     if lift:
         low, high = lift["ci"]
         cost = rr["latency_ms"]["p50"] - result["latency_ms"]["p50"]
@@ -179,6 +188,21 @@ def _print(result: dict[str, Any]) -> None:
         )
     f = result["fusion"]
     console.print("fusion weights: " + ", ".join(f"{n}={f[n]}" for n in (*FEATURES, "rerank")))
+    learned = (result.get("tuning") or {}).get("learned")
+    if learned and "skipped" in learned:
+        console.print(f"learned fusion: skipped ({learned['skipped']})")
+    elif learned:
+        held = learned[f"held_out_ndcg_at_{k}"]
+        low, high = learned["lift"]["ci"]
+        verdict = "kept" if learned["kept"] else "not kept: the interval reaches 0, weights stay"
+        console.print(
+            f"learned fusion (LambdaRank, {learned['rounds']} rounds, fit on "
+            f"{learned['fit_users']} validation users): NDCG@{k} {held['learned']:.4f} against "
+            f"the weights' {held['grid']:.4f} on {learned['held_out_users']} held-out "
+            f"validation users (paired lift 95% interval {low:+.4f} to {high:+.4f}), {verdict}"
+        )
+    elif f.get("learned"):
+        console.print(f"learned fusion: {f['learned']} (orders history requests)")
     ex = result.get("explanations") or {}
     if "skipped" in ex:
         console.print(f"explanations: skipped ({ex['skipped']})")

@@ -14,9 +14,11 @@ the training part of the split only, so nothing of a target leaks. With a
 never a `user_id`).
 
 `tune` picks the fusion weights on a validation split (the second-to-last
-interaction, models fit on the log without the last two) and the LLM's share
-of the rerank blend on a seeded subsample of validation users, then writes
-them to `index/fusion.json`, which the router reads at start.
+interaction, models fit on the log without the last two), trains the learned
+fusion there (kept only when it beats the weights on held-out validation
+users, `retrieval.ltr.tune_learned_fusion`), and the LLM's share of the
+rerank blend on a seeded subsample of validation users, then writes them to
+`index/fusion.json` (and `index/fusion_ltr.txt`), which the router reads at start.
 
     result = asyncio.run(evaluate(EvalOptions(k=10), cfg, split, item_ids))
 """
@@ -57,6 +59,7 @@ from retrieval.evaluate import (
     tune_rerank_weight,
 )
 from retrieval.fusion import FUSION_NAME, FusionWeights, load_fusion, save_fusion
+from retrieval.ltr import tune_learned_fusion
 from retrieval.metrics import latency_summary, paired_bootstrap, per_user_ndcg, score_rankings
 from retrieval.shards import Found, Hit, Shard, load_manifest
 from retrieval.split import Split, leave_last_out
@@ -296,6 +299,7 @@ async def evaluate(
         result["latency_ms"] = latency_summary(seconds)
 
         result["baselines"] = {}
+        baseline_rankings: dict[str, dict[str, list[str]]] = {}
         pop = models.cf.popularity
         for ranker in (
             PopularityRanker(models.cf),
@@ -315,6 +319,8 @@ async def evaluate(
             entry = score_rankings(ranked, split.targets, opts.k, n_items).to_json()
             entry["latency_ms"] = latency_summary(secs)
             result["baselines"][ranker.name] = entry
+            baseline_rankings[ranker.name] = ranked
+        result["vs_best_baseline"] = _versus_best(opts, split, rankings, baseline_rankings, result)
 
         result["rerank"] = await _rerank_eval(opts, world, split, users, rankings, models, fusion)
         result["explanations"] = await _explain_eval(opts, world, split, users, models, fusion)
@@ -324,6 +330,28 @@ async def evaluate(
     finally:
         if world.engine is not None:
             world.engine.shutdown()
+
+
+def _versus_best(
+    opts: EvalOptions,
+    split: Split,
+    rankings: dict[str, list[str]],
+    baselines: dict[str, dict[str, list[str]]],
+    result: dict[str, Any],
+) -> dict[str, Any]:
+    """The pipeline's NDCG@k lift over the best baseline (by NDCG@k), paired by user,
+    with its bootstrap interval: a lift whose interval excludes 0 is one the users support."""
+    key = f"ndcg_at_{opts.k}"
+    best = max(baselines, key=lambda name: result["baselines"][name][key])
+    users = [u for u in rankings if u in baselines[best]]
+    mine = per_user_ndcg({u: rankings[u] for u in users}, split.targets, opts.k)
+    theirs = per_user_ndcg({u: baselines[best][u] for u in users}, split.targets, opts.k)
+    return {
+        "baseline": best,
+        f"{key}_lift": paired_bootstrap(
+            [theirs[u] for u in users], [mine[u] for u in users], seed=opts.seed
+        ),
+    }
 
 
 async def _served_rankings(
@@ -366,6 +394,12 @@ async def _tune(
     pools: dict[str, tuple[list[str], np.ndarray]] = {}
     await rank_all_async(pool, val_users, desc="val pools", progress=progress)
     fusion, grid = tune_fusion(pools, val.targets, opts.k)
+    max_history = world.cfg.router.max_history
+    history_lens = {u: min(len(set(val.histories[u])), max_history) for u in pools}
+    learned, learned_report = tune_learned_fusion(
+        pools, val.targets, history_lens, opts.k, base=fusion, seed=opts.seed
+    )
+    fusion = dataclasses.replace(fusion, learned=learned)
     ranked_grid = sorted(grid, key=lambda g: -g[1])
     tuning: dict[str, Any] = {
         "split": "validation: second-to-last interaction, models fit without the last two",
@@ -376,6 +410,7 @@ async def _tune(
             {"weights": [float(x) for x in w], f"ndcg_at_{opts.k}": round(v, 6)}
             for w, v in ranked_grid[:5]
         ],
+        "learned": learned_report,
     }
     if world.engine is not None and opts.rerank_users > 0:
         core.fusion = fusion

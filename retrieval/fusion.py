@@ -13,6 +13,13 @@ The fused score is their weighted sum; only ratios between weights change the
 order. `llmrec eval --tune` picks the weights on a validation split and writes
 them to `index/fusion.json` with the LLM's share of the rerank blend; the
 router reads that file at start (see `RouterConfig.use_tuned_fusion`).
+
+`--tune` also trains a learned fusion (`retrieval.ltr`, LambdaRank over the
+same features) and keeps it, as `index/fusion_ltr.txt` beside the weights,
+when it ranks validation users at least as well as the weights do. History
+requests are then ordered by it; the weights stay the fallback, and the base
+of the query fusion (a stated query re-weights the cosine, which a model
+trained on history requests has not seen).
 """
 
 from __future__ import annotations
@@ -21,11 +28,14 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from retrieval.config import RouterConfig
+
+if TYPE_CHECKING:
+    from retrieval.ltr import LearnedFusion
 
 __all__ = ["FEATURES", "FUSION_NAME", "FusionWeights", "fuse", "load_fusion", "save_fusion"]
 
@@ -58,6 +68,8 @@ class FusionWeights:
     `rerank` is `None` when the reranker's own `rerank_weight` applies; 0
     means the LLM cannot change the order, so the router skips the call.
     `tuned` records how the weights were chosen (split, users, NDCG), if they were.
+    `learned`, when set, orders history requests in their place (`score`); it is
+    saved in its own file beside the weights (`save_fusion`).
     """
 
     ann: float = _router_default("ann")
@@ -67,6 +79,7 @@ class FusionWeights:
     ease: float = _router_default("ease")
     rerank: float | None = None
     tuned: dict[str, Any] = field(default_factory=dict, compare=False)
+    learned: LearnedFusion | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in FEATURES:
@@ -90,16 +103,30 @@ class FusionWeights:
         return cls(**{feature: getattr(router, name) for feature, name in _CONFIG_FIELDS.items()})
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The weights as JSON; `learned` is named by its file (`LEARNED_NAME`), or null."""
+        from retrieval.ltr import LEARNED_NAME
+
+        out = asdict(replace(self, learned=None))
+        out["learned"] = LEARNED_NAME if self.learned is not None else None
+        return out
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> FusionWeights:
-        known = {f.name for f in fields(cls)}
+        """The weights of `to_json`'s output; a `learned` model is attached by `load_fusion`."""
+        raw = {k: v for k, v in raw.items() if k != "learned"}
+        known = {f.name for f in fields(cls)} - {"learned"}
         unknown = set(raw) - known
         if unknown:
             raise ValueError(f"unknown fusion fields {sorted(unknown)}")
         # Weights tuned before a feature existed give it none: their ratios stay as tuned.
         return cls(**{**dict.fromkeys(FEATURES, 0.0), **raw})
+
+    def score(self, features: np.ndarray, history_len: int) -> np.ndarray:
+        """Scores of one request's candidates: the learned model's when there is one,
+        else the weighted sum (`fuse`)."""
+        if self.learned is not None:
+            return self.learned.scores(features, history_len)
+        return fuse(features, self)
 
 
 def fuse(features: np.ndarray, weights: FusionWeights) -> np.ndarray:
@@ -109,24 +136,42 @@ def fuse(features: np.ndarray, weights: FusionWeights) -> np.ndarray:
 
 
 def save_fusion(path: Path, weights: FusionWeights) -> Path:
-    """Write `weights` as JSON to `path` atomically (a temporary file, then a rename)."""
+    """Write `weights` as JSON to `path` atomically (a temporary file, then a rename), and
+    its learned model beside it; a learned model left from an earlier tuning is removed."""
+    from retrieval.ltr import LEARNED_NAME
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    model_path = path.with_name(LEARNED_NAME)
+    if weights.learned is not None:
+        weights.learned.save(model_path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(weights.to_json(), indent=2))
     os.replace(tmp, path)
+    if weights.learned is None:
+        model_path.unlink(missing_ok=True)
     return path
 
 
 def load_fusion(index_dir: Path) -> FusionWeights | None:
-    """`index_dir/fusion.json`, or None when it does not exist.
+    """`index_dir/fusion.json` with its learned model if it names one, or None when the
+    file does not exist.
 
-    Raises `ValueError` naming the file when it is malformed.
+    Raises `ValueError` naming the file when it is malformed or its model is missing.
     """
+    from retrieval.ltr import LearnedFusion
+
     path = Path(index_dir) / FUSION_NAME
     if not path.exists():
         return None
     try:
-        return FusionWeights.from_json(json.loads(path.read_text()))
+        raw = json.loads(path.read_text())
+        weights = FusionWeights.from_json(raw)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: malformed fusion weights ({exc})") from exc
+    if raw.get("learned"):
+        model_path = path.with_name(str(raw["learned"]))
+        if not model_path.exists():
+            raise ValueError(f"{path} names a learned fusion {model_path} that does not exist")
+        weights = replace(weights, learned=LearnedFusion.load(model_path))
+    return weights

@@ -17,7 +17,8 @@ The stages and their deadline rules:
    the cache, the rest in one lookup per replica.
    Item-kNN, ALS and EASE candidates join; every candidate gets the features
    of `retrieval.fusion` (cosine, item-kNN, ALS, popularity, EASE) and their
-   weighted sum is its score. Cold users with no query get popularity.
+   weighted sum, or the learned fusion's score of them (`retrieval.ltr`), is
+   its score. Cold users with no query get popularity.
 4. rerank the top candidates with the LLM, then explain the final items in
    prompts that repeat the rerank prompt (its lettered candidates first);
    both calls carry the deadline, which the reranker sizes its work to. Either
@@ -60,7 +61,7 @@ from deployments.router.schemas import RecommendedItem, RecommendRequest, Recomm
 from retrieval.collab import AlsModel, ItemKNN
 from retrieval.config import AppConfig
 from retrieval.ease import EaseModel
-from retrieval.fusion import FEATURES, FusionWeights, fuse
+from retrieval.fusion import FEATURES, FusionWeights
 from retrieval.merge import merge_top_k
 from retrieval.profiles import blend_query, recency_weights, user_profile
 from retrieval.shards import Found, Hit, ShardLayout
@@ -235,8 +236,9 @@ class RouterCore:
         f = self.fusion
         # A query states what the user wants now: the cosine to the query-blended profile
         # must count at least as much as the collaborative scores, and popularity not at all.
+        # The learned fusion was trained on history requests only: a query uses the weights.
         self.query_fusion = dataclasses.replace(
-            f, ann=max(f.ann, f.item_knn + f.als + f.ease, 1e-6), popularity=0.0
+            f, ann=max(f.ann, f.item_knn + f.als + f.ease, 1e-6), popularity=0.0, learned=None
         )
 
     async def recommend(
@@ -545,7 +547,7 @@ class RouterCore:
                 features[:, column] = _gather(normalised[name], self._models[name].index, item_ids)
         if self._popularity is not None:
             features[:, _POP] = _gather(self._popularity, self.cf.index, item_ids)
-        scores = fuse(features, weights)
+        scores = weights.score(features, len(history_ids))
         proposers = {source: set(ids) for source, ids in tops.items()}
         pool = [
             _Candidate(

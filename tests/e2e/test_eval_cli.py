@@ -70,6 +70,17 @@ def test_eval_tunes_and_the_hybrid_beats_every_single_source(demo_dir, tmp_path)
     saved = json.loads(fusion.read_text())
     assert {k: saved[k] for k in FEATURES} == {k: r["fusion"][k] for k in FEATURES}
     assert not (demo_dir / "index" / "fusion.json").exists()
+    # The learned fusion is kept only with a held-out lift whose interval is above 0.
+    learned = r["tuning"]["learned"]
+    assert learned["kept"] == (learned["lift"]["ci"][0] > 0)
+    assert saved["learned"] == ("fusion_ltr.txt" if learned["kept"] else None)
+    assert (tmp_path / "fusion_ltr.txt").exists() == learned["kept"]
+    # The pipeline against its best single source, paired by user.
+    vs = r["vs_best_baseline"]
+    best = max(r["baselines"], key=lambda n: r["baselines"][n]["ndcg_at_10"])
+    assert vs["baseline"] == best and vs["ndcg_at_10_lift"]["users"] == testable
+    gap = r["metrics"]["ndcg_at_10"] - r["baselines"][best]["ndcg_at_10"]
+    assert vs["ndcg_at_10_lift"]["mean"] == pytest.approx(gap, abs=1e-5)
     rerank = r["tuning"]["rerank"]
     assert saved["rerank"] == rerank["weight"] and saved["rerank"] in RERANK_WEIGHT_GRID
     by_weight = rerank["val_ndcg_at_10_by_weight"]

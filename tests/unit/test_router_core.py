@@ -5,6 +5,7 @@ tests/integration and tests/e2e.
 """
 
 import asyncio
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -544,3 +545,28 @@ async def test_with_every_shard_down_a_known_user_is_answered_from_cached_rows(w
     assert [i.item_id for i in answer.items] == ["3"] and answer.items[0].sources == ["cf"]
     with pytest.raises(DeadlineExceeded, match="no shard answered"):
         await core.recommend(RecommendRequest(query="3", k=5, rerank=False))
+
+
+def _farthest_first_model():
+    """A real learned fusion trained where the target is always the pool's lowest cosine."""
+    from retrieval.ltr import LearnedFusion
+
+    rng = np.random.default_rng(0)
+    pools = []
+    for _ in range(60):
+        features = rng.random((30, len(FEATURES)))
+        pools.append((features, int(np.argmin(features[:, 0])), 5))
+    return LearnedFusion.train(pools, rounds=50)
+
+
+async def test_a_learned_fusion_orders_history_requests_and_the_weights_order_queries(world):
+    vectors = world[0]
+    learned = FusionWeights(ann=1.0, item_knn=0.0, als=0.0, popularity=0.0, ease=0.0)
+    core = make_core(world, fusion=dataclasses.replace(learned, learned=_farthest_first_model()))
+    pool = await core.candidate_pool(RecommendRequest(history=["1"]))
+    answer = await core.recommend(RecommendRequest(history=["1"], k=3))
+    cosine = {p.item_id: p.features[0] for p in pool}
+    assert ids(answer)[0] == min(cosine, key=cosine.get)  # the model's order, not the weights'
+    assert core.query_fusion.learned is None
+    answer = await core.recommend(RecommendRequest(query="7", k=10))
+    assert ids(answer) == [str(i + 1) for i in np.argsort(-(vectors @ vectors[7]))[:10]]

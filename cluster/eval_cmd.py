@@ -4,7 +4,9 @@ Leave-last-out: per user, the last interaction (by time) is the target and the
 ones before it the history. The pipeline ranks the whole catalog for that
 history (seen items excluded) and is scored by Recall@k, NDCG@k, MRR (over the
 top `--depth`), catalog coverage and latency; the baselines (popularity,
-item-kNN, ALS, content-only) are computed in the same run on the same split.
+item-kNN, ALS, EASE plain and recency-weighted, sequential, content-only) are
+computed in the same run on the same split, and the pipeline's NDCG lift over
+the best of them is paired by user with a bootstrap interval.
 
 In-process (default), the pipeline is the router core itself over the local
 shards, with item-kNN and ALS fit on the training part of the split only, so
@@ -14,9 +16,11 @@ when the service's collaborative models were built without the targets:
 `--write-split OUT` writes such a train-only dataset to build and serve.
 
 `--tune` picks the fusion weights on a validation split (the second-to-last
-interaction, models fit on the log without the last two) and the LLM's share
-of the rerank blend on a seeded subsample of validation users, then writes
-them to `index/fusion.json`, which the router reads at start.
+interaction, models fit on the log without the last two), trains a learned
+fusion (LambdaRank) kept only when it beats them on held-out validation users
+by more than the bootstrap interval, and the LLM's share of the rerank blend
+on a seeded subsample of validation users, then writes them to
+`index/fusion.json` (and `index/fusion_ltr.txt`), which the router reads at start.
 """
 
 from __future__ import annotations
@@ -77,6 +81,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=20,
         help="users (seeded sample) whose top k are explained; the share that passed "
         "validation is reported; 0 skips",
+    )
+    s.add_argument(
+        "--sequential-budget",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="training time of the sequential baseline (self-attention over the history); "
+        "0 skips it",
     )
     s.add_argument(
         "--attack",

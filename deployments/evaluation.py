@@ -4,8 +4,9 @@ Leave-last-out: per user, the last interaction (by time) is the target and the
 ones before it the history. The pipeline ranks the whole catalog for that
 history (seen items excluded) and is scored by Recall@k, NDCG@k, MRR (over the
 top `depth`), catalog coverage and latency; the baselines (popularity,
-item-kNN, ALS, EASE plain and recency-weighted, content-only) are computed in
-the same run on the same split, every model fit on its training part.
+item-kNN, ALS, EASE plain and recency-weighted, sequential, content-only) are
+computed in the same run on the same split, every model fit on its training
+part; the pipeline's NDCG lift over the best of them is paired by user.
 
 In-process (default), the pipeline is the router core itself over the local
 shards, searched with the config's own settings, with item-kNN and ALS fit on
@@ -51,6 +52,7 @@ from retrieval.evaluate import (
     PopularityRanker,
     RecentEaseRanker,
     RerankHead,
+    SequentialRanker,
     rank_all,
     rank_all_async,
     rerank_ndcg_by_weight,
@@ -102,12 +104,16 @@ class EvalOptions:
     attack_users: int = 0
     """Users (seeded sample) whose candidates get a prompt-injection attack (`attack_eval`),
     reranked with the injection guard off and on; 0 skips."""
+    sequential_budget: float = 60.0
+    """Seconds the sequential baseline may train (`retrieval.sequential`); 0 skips it."""
     progress: bool = True
     """Progress bars and the engine spinner."""
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.depth < self.k:
             raise ValueError("need 1 <= k <= depth (--k, --depth)")
+        if self.sequential_budget < 0:
+            raise ValueError("--sequential-budget must be >= 0 seconds")
         if self.url and self.tune:
             raise ValueError("--tune runs in-process; drop --url (then serve the tuned index)")
         if self.url and self.attack_users:
@@ -314,6 +320,7 @@ async def evaluate(
                 half_life=cfg.router.history_half_life,
                 max_history=cfg.router.max_history,
             ),
+            *_sequential_baseline(opts, split, item_ids, pop),
         ):
             ranked, secs = rank_all(ranker, users, split.histories, opts.depth, progress=progress)
             entry = score_rankings(ranked, split.targets, opts.k, n_items).to_json()
@@ -330,6 +337,21 @@ async def evaluate(
     finally:
         if world.engine is not None:
             world.engine.shutdown()
+
+
+def _sequential_baseline(
+    opts: EvalOptions, split: Split, item_ids: list[str], popularity: np.ndarray
+) -> list[SequentialRanker]:
+    """The sequential model fit on the split's training log within the time budget (none
+    when the budget is 0)."""
+    if opts.sequential_budget <= 0:
+        return []
+    from retrieval.sequential import SequentialModel
+
+    model = SequentialModel.fit(
+        split.train, item_ids, time_budget_s=opts.sequential_budget, progress=opts.progress
+    )
+    return [SequentialRanker(model, popularity)]
 
 
 def _versus_best(

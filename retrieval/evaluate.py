@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -32,6 +32,9 @@ from retrieval.fusion import FEATURES, FusionWeights
 from retrieval.metrics import ndcg_at_k
 from retrieval.profiles import user_profile
 
+if TYPE_CHECKING:
+    from retrieval.sequential import SequentialModel
+
 __all__ = [
     "AlsRanker",
     "ContentRanker",
@@ -41,6 +44,7 @@ __all__ = [
     "Ranker",
     "RecentEaseRanker",
     "RerankHead",
+    "SequentialRanker",
     "fusion_grid",
     "rank_all",
     "rank_all_async",
@@ -163,6 +167,20 @@ class RecentEaseRanker(_ScoreRanker):
 
     def scores(self, history: Sequence[str]) -> np.ndarray:
         return self.ease.scores(history, recency_weights(len(history), self.half_life))
+
+
+class SequentialRanker(_ScoreRanker):
+    """Sequential: self-attention over the latest `max_len` history items, oldest first,
+    scoring every item as the next one."""
+
+    name = "sequential"
+
+    def __init__(self, model: SequentialModel, popularity: np.ndarray) -> None:
+        super().__init__(model.item_ids, popularity)
+        self.model = model
+
+    def scores(self, history: Sequence[str]) -> np.ndarray:
+        return self.model.scores(history)
 
 
 class ContentRanker(_ScoreRanker):

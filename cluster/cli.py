@@ -36,6 +36,7 @@ BENCH_MODULES: list[str] = [
     "cluster.bench.retrieval",
     "cluster.bench.reranker",
     "cluster.bench.pipeline",
+    "cluster.bench.store",
 ]
 
 DEMO_DATA = "data/demo"

@@ -326,8 +326,22 @@ class RerankerConfig(_Section):
 
 class RouterConfig(_Section):
     num_replicas: int = Field(1, ge=1, le=64)
-    """HTTP ingress replicas. Each holds user histories in its own memory, so feedback taken by
-    one replica reaches the others when they restart (they replay `feedback.jsonl`)."""
+    """HTTP ingress replicas. With `user_store: local` each holds user histories in its own
+    memory, so feedback taken by one replica reaches the others when they restart (they replay
+    `feedback.jsonl`); with `redis` every replica reads the same histories per request."""
+    user_store: Literal["local", "redis"] = "local"
+    """Where user histories and feedback live (`deployments/router/store.py`): `local`, this
+    replica's memory over the log and `feedback.jsonl` (one node); `redis`, one Redis server
+    every replica reads per request (several replicas or nodes)."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """The Redis server of `user_store: redis`; run it with `appendonly yes` and
+    `appendfsync always` so an acknowledged event survives the server's death."""
+    redis_prefix: str = Field("llmrec:", max_length=64)
+    """Prefix of every key the app writes, so apps can share one server."""
+    history_cap: int = Field(5000, ge=1, le=1_000_000)
+    """Items kept per user (the oldest dropped); also what `exclude_seen` can exclude."""
+    event_id_ttl_s: int = Field(86_400, ge=1)
+    """How long a feedback `event_id` is remembered: a retry within it is recorded once."""
     num_cpus: float = Field(0.2, gt=0)
     """Logical Ray CPUs per router replica."""
     max_ongoing_requests: int = Field(256, ge=1)

@@ -58,6 +58,7 @@ from deployments.errors import (
 from deployments.reranker.core import Explanation, RerankOutcome
 from deployments.reranker.prompts import Candidate, PromptContext
 from deployments.router.schemas import RecommendedItem, RecommendRequest, RecommendResponse
+from deployments.router.store import MemoryStore, UserStore
 from retrieval.collab import AlsModel, ItemKNN
 from retrieval.config import AppConfig
 from retrieval.ease import EaseModel
@@ -210,6 +211,7 @@ class RouterCore:
         fusion: FusionWeights | None = None,
         histories: dict[str, list[str]] | None = None,
         layout: ShardLayout | None = None,
+        store: UserStore | None = None,
     ) -> None:
         self.config = config
         self.encode = encode
@@ -225,7 +227,8 @@ class RouterCore:
         self.als = als
         self.ease = ease
         self.fusion = fusion if fusion is not None else FusionWeights.from_config(config.router)
-        self.histories = histories if histories is not None else {}
+        # Stored histories: the deployment's store, or a dict in memory (tests, `llmrec eval`).
+        self.store = store if store is not None else MemoryStore(histories)
         self.in_flight = 0
         rc = config.router
         # Only rows that exist are cached: an unknown id is asked again (and 404'd) every time.
@@ -322,7 +325,9 @@ class RouterCore:
         best `rows_for` candidates carry their rows."""
         cfg = self.config.router
         t = time.perf_counter()
-        stored = self.histories.get(req.user_id, []) if req.user_id else []
+        stored = await self.store.history(req.user_id) if req.user_id else []
+        if req.user_id:
+            clock.lap("store", t)  # the stored history's read (`router.user_store`)
         # Every item the user has seen counts for exclude_seen; the profile uses the latest.
         seen_all = list(dict.fromkeys(stored + list(req.history or [])))
         history_ids = seen_all[-cfg.max_history :]

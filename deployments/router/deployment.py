@@ -22,9 +22,6 @@ from deployments.router.core import RouterCore
 from deployments.router.feedback import (
     FEEDBACK_FILE,
     FeedbackLog,
-    apply_event,
-    erase_user,
-    load_histories,
 )
 from deployments.router.http import (
     error_response,
@@ -35,6 +32,7 @@ from deployments.router.http import (
 )
 from deployments.router.items import ItemStore
 from deployments.router.metrics import RouterMetrics
+from deployments.router.store import open_store
 from retrieval.build import item_texts, load_als, load_cf, load_ease
 from retrieval.config import AppConfig
 from retrieval.fusion import load_fusion
@@ -148,7 +146,9 @@ class Router:
         self.reranker = _Remote(reranker) if reranker is not None else None
         self.feedback = FeedbackLog(self.config.data_path / FEEDBACK_FILE)
         self.user_ref = UserRefs.for_data_dir(self.config.data_path)  # user ids as logs show them
-        self.histories = load_histories(self.config, self.feedback)
+        self.store = open_store(self.config, self.feedback)
+        # Named in each answer's X-Replica header, so a client can tell replicas apart.
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.core = RouterCore(
             self.config,
             encode=self._encode,
@@ -161,7 +161,7 @@ class Router:
             fusion=(
                 load_fusion(self.config.index_path) if self.config.router.use_tuned_fusion else None
             ),
-            histories=self.histories,
+            store=self.store,
             layout=self.layout,
         )
         # Catalog writes through this replica drop the core's cached rows of those items.
@@ -183,7 +183,9 @@ class Router:
         req = parse_recommend(await request.body(), self.config.router.max_body_bytes)
         response = await self.core.recommend(req, arrived)
         self.metrics.answered(response)
-        return recommend_response(response)
+        answer = recommend_response(response)
+        answer.headers["X-Replica"] = self.replica_id
+        return answer
 
     @api.get("/v1/items/{item_id}")
     async def get_item(self, item_id: str, request: Request) -> Response:
@@ -229,30 +231,35 @@ class Router:
     async def feedback_event(self, request: Request) -> Response:
         """Record what a user did with an item; the user's next request counts it.
 
-        404 for an item no shard has. The event is on disk before the answer.
+        404 for an item no shard has. The event is durable before the answer (in
+        `feedback.jsonl`, or in Redis with `router.user_store: redis`); a retry
+        naming the same `event_id` is answered `duplicate: true` and recorded once.
         """
         self.keys.check(request.headers, "write")
         event = parse_feedback(await request.body(), self.config.router.max_body_bytes)
         await self.items.find(event.item_id)
-        await asyncio.to_thread(self.feedback.append, event)
-        apply_event(self.histories, event)
+        recorded = await self.store.record(event)
         log.debug(
-            "feedback %s of %s on %s", event.event, self.user_ref(event.user_id), event.item_id
+            "feedback %s of %s on %s%s",
+            event.event,
+            self.user_ref(event.user_id),
+            event.item_id,
+            "" if recorded else " (a retry, already recorded)",
         )
-        return JSONResponse({"recorded": event.model_dump()})
+        return JSONResponse({"recorded": event.model_dump(), "duplicate": not recorded})
 
     @api.delete("/v1/users/{user_id}")
     async def erase_user(self, user_id: str, request: Request) -> Response:
-        """Forget a user: their feedback events, their rows of the interaction log and the
-        history this replica holds; the files are rewritten before the answer. 404 for a
-        user none of them knows. Other router replicas forget the user when they restart."""
+        """Forget a user: their feedback events, their rows of the interaction log and their
+        stored history; the files are rewritten before the answer. 404 for a user none of
+        them knows. With `user_store: local` other router replicas forget the user when they
+        restart; with `redis` at once."""
         self.keys.check(request.headers, "write")
-        removed = await asyncio.to_thread(erase_user, self.config, self.feedback, user_id)
-        history = self.histories.pop(user_id, [])
-        if not history and not any(removed.values()):
+        removed = await self.store.erase(user_id)
+        if not any(removed.values()):
             raise NotFound(f"unknown user {user_id!r}", field="user_id")
-        log.info("erased %s: %s, %d history items", self.user_ref(user_id), removed, len(history))
-        return JSONResponse({"erased": user_id, **removed, "history_items": len(history)})
+        log.info("erased %s: %s", self.user_ref(user_id), removed)
+        return JSONResponse({"erased": user_id, **removed})
 
     @api.get("/v1/health")
     async def health(self) -> Response:

@@ -37,7 +37,14 @@ from retrieval.integrity import (
 )
 from retrieval.profiles import histories_from_log
 
-__all__ = ["FEEDBACK_FILE", "FeedbackLog", "apply_event", "erase_user", "load_histories"]
+__all__ = [
+    "FEEDBACK_FILE",
+    "FeedbackLog",
+    "apply_event",
+    "erase_user",
+    "load_histories",
+    "log_histories",
+]
 
 FEEDBACK_FILE = "feedback.jsonl"
 
@@ -114,15 +121,20 @@ class FeedbackLog:
                 raise ValueError(message) from exc
 
 
+def log_histories(config: AppConfig) -> dict[str, list[str]]:
+    """Histories of the interaction log alone, oldest first ({} without a log)."""
+    path = config.data_path / "interactions.parquet"
+    if not path.exists():
+        return {}
+    log = pq.read_table(path, columns=["user_id", "item_id", "ts"])
+    return histories_from_log(
+        log["user_id"].to_pylist(), log["item_id"].to_pylist(), log["ts"].to_pylist()
+    )
+
+
 def load_histories(config: AppConfig, feedback: FeedbackLog) -> dict[str, list[str]]:
     """Histories of the interaction log, then the feedback received since, in order."""
-    path = config.data_path / "interactions.parquet"
-    histories = {}
-    if path.exists():
-        log = pq.read_table(path, columns=["user_id", "item_id", "ts"])
-        histories = histories_from_log(
-            log["user_id"].to_pylist(), log["item_id"].to_pylist(), log["ts"].to_pylist()
-        )
+    histories = log_histories(config)
     for event in feedback.replay():
         apply_event(histories, event)
     return histories

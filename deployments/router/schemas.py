@@ -102,3 +102,6 @@ class FeedbackEvent(_Strict):
     """What happened, e.g. `click`, `purchase`, `play` (lower case, at most 32 characters)."""
     ts: int = Field(default_factory=lambda: int(time.time()), ge=0)
     """Unix seconds; the time the router received the event when left out."""
+    event_id: str | None = Field(None, min_length=1, max_length=128)
+    """The sender's id of this event: a retry with the same id (within
+    `router.event_id_ttl_s`) is answered again and recorded once."""

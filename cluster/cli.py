@@ -100,6 +100,17 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     cfg = _app_config(args.config, args.data)
     t = time.perf_counter()
+    if args.incremental:
+        from deployments.router.fold import fold_feedback
+
+        folded = fold_feedback(cfg)
+        console.print(
+            f"folded {folded.events} feedback events ({folded.added} new rows, "
+            f"{folded.interactions} in the log) and refit the collaborative models in "
+            f"{time.perf_counter() - t:.1f}s; running routers swap them in within "
+            f"{cfg.router.model_reload_s:g}s"
+        )
+        return 0
     manifest = build_from_config(cfg, args.shards, args.index)
     console.print(f"{describe_build(manifest, cfg.index_path)} in {time.perf_counter() - t:.1f}s")
     return 0
@@ -296,6 +307,12 @@ def parser() -> argparse.ArgumentParser:
         choices=["auto", *INDEX_TYPES],
         help="index type per shard (default: retriever.index.type in the config, `auto`: "
         "exact up to 100k items per shard, else ivfsq); its params come from retriever.index",
+    )
+    s.add_argument(
+        "--incremental",
+        action="store_true",
+        help="fold the feedback the user store received into the interaction log and refit "
+        "the collaborative models only (running routers pick them up); the shards stay",
     )
     s.set_defaults(func=cmd_build)
 

@@ -340,6 +340,9 @@ class RouterConfig(_Section):
     """Prefix of every key the app writes, so apps can share one server."""
     history_cap: int = Field(5000, ge=1, le=1_000_000)
     """Items kept per user (the oldest dropped); also what `exclude_seen` can exclude."""
+    model_reload_s: float = Field(10.0, ge=0)
+    """How often a router replica looks for collaborative models written since it loaded its
+    own (`llmrec build --incremental`) and swaps them in, without a restart; 0: never."""
     event_id_ttl_s: int = Field(86_400, ge=1)
     """How long a feedback `event_id` is remembered: a retry within it is recorded once."""
     num_cpus: float = Field(0.2, gt=0)

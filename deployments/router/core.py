@@ -244,6 +244,12 @@ class RouterCore:
             f, ann=max(f.ann, f.item_knn + f.als + f.ease, 1e-6), popularity=0.0, learned=None
         )
 
+    def use_models(self, cf: ItemKNN | None, als: AlsModel | None, ease: EaseModel | None) -> None:
+        """Swap in collaborative models fit again (`llmrec build --incremental`); requests in
+        work finish with the ones they started with."""
+        popularity = cf.popularity_feature() if cf is not None else None
+        self.cf, self.als, self.ease, self._popularity = cf, als, ease, popularity
+
     async def recommend(
         self, req: RecommendRequest, arrived: float | None = None
     ) -> RecommendResponse:

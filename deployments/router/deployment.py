@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -33,7 +34,15 @@ from deployments.router.http import (
 from deployments.router.items import ItemStore
 from deployments.router.metrics import RouterMetrics
 from deployments.router.store import open_store
-from retrieval.build import item_texts, load_als, load_cf, load_ease
+from retrieval.build import (
+    ALS_NAME,
+    CF_NAME,
+    EASE_NAME,
+    item_texts,
+    load_als,
+    load_cf,
+    load_ease,
+)
 from retrieval.config import AppConfig
 from retrieval.fusion import load_fusion
 from retrieval.injection import describe_flagged, flagged_items
@@ -147,6 +156,7 @@ class Router:
         self.feedback = FeedbackLog(self.config.data_path / FEEDBACK_FILE)
         self.user_ref = UserRefs.for_data_dir(self.config.data_path)  # user ids as logs show them
         self.store = open_store(self.config, self.feedback)
+        self._reloading = False
         # Named in each answer's X-Replica header, so a client can tell replicas apart.
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.core = RouterCore(
@@ -154,9 +164,7 @@ class Router:
             encode=self._encode,
             shards=self.shards,
             reranker=self.reranker,
-            cf=load_cf(self.config.index_path),
-            als=load_als(self.config.index_path),
-            ease=load_ease(self.config.index_path),
+            **self._load_models(),
             # Tuned weights from `llmrec eval --tune`; RouterConfig's when absent or disabled.
             fusion=(
                 load_fusion(self.config.index_path) if self.config.router.use_tuned_fusion else None
@@ -173,6 +181,39 @@ class Router:
             layout=self.layout,
         )
 
+    def _model_files(self) -> tuple[float, ...]:
+        """When each collaborative model file last changed (0: absent)."""
+        index = self.config.index_path
+        return tuple(
+            (index / name).stat().st_mtime if (index / name).exists() else 0.0
+            for name in (CF_NAME, ALS_NAME, EASE_NAME)
+        )
+
+    def _load_models(self) -> dict[str, Any]:
+        self._models_seen = self._model_files()
+        self._models_checked = time.monotonic()
+        index = self.config.index_path
+        return {"cf": load_cf(index), "als": load_als(index), "ease": load_ease(index)}
+
+    async def _reload_models_if_changed(self) -> None:
+        """Every `router.model_reload_s`, swap in models `llmrec build --incremental` wrote
+        (loaded in a worker thread; requests go on with the old ones meanwhile)."""
+        every = self.config.router.model_reload_s
+        if not every or time.monotonic() - self._models_checked < every or self._reloading:
+            return
+        self._models_checked = time.monotonic()
+        if self._model_files() == self._models_seen:
+            return
+        self._reloading = True
+        try:
+            models = await asyncio.to_thread(self._load_models)
+            self.core.use_models(**models)
+            log.info("collaborative models reloaded from %s", self.config.index_path)
+        except (OSError, ValueError) as exc:  # a file mid-replace: try again next time
+            log.warning("could not reload the collaborative models: %s", exc)
+        finally:
+            self._reloading = False
+
     async def _encode(self, text: str) -> np.ndarray:
         return await self.encoder.encode(text)
 
@@ -181,6 +222,7 @@ class Router:
         arrived = time.perf_counter()
         self.keys.check(request.headers, "read")
         req = parse_recommend(await request.body(), self.config.router.max_body_bytes)
+        await self._reload_models_if_changed()
         response = await self.core.recommend(req, arrived)
         self.metrics.answered(response)
         answer = recommend_response(response)

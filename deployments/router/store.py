@@ -146,8 +146,9 @@ class LocalStore(MemoryStore):
         return {**removed, **await super().erase(user_id)}
 
 
-# Make the item the user's newest (moved if there), keep the last `cap`; with an event id,
-# only once per id within the TTL. Atomic in the server, so replicas never interleave.
+# Make the item the user's newest (moved if there), keep the last `cap`, and append the
+# event to the stream `llmrec build --incremental` folds into the log; with an event id, only
+# once per id within the TTL. Atomic in the server, so replicas never interleave.
 _RECORD = """
 if KEYS[2] ~= '' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
   return 0
@@ -155,6 +156,7 @@ end
 redis.call('LREM', KEYS[1], 0, ARGV[1])
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+redis.call('XADD', KEYS[3], '*', 'event', ARGV[4])
 return 1
 """
 
@@ -184,6 +186,21 @@ class RedisStore:
     def key(self, user_id: str) -> str:
         return f"{self.prefix}h:{user_id}"
 
+    @property
+    def events_key(self) -> str:
+        """The stream of recorded events, oldest first, until they are folded into the log."""
+        return f"{self.prefix}events"
+
+    def unfolded(self) -> tuple[list[FeedbackEvent], str | None]:
+        """The events recorded and not yet folded into the log, and the last one's stream id."""
+        entries = self._sync.xrange(self.events_key)
+        events = [FeedbackEvent.model_validate_json(fields["event"]) for _, fields in entries]
+        return events, (entries[-1][0] if entries else None)
+
+    def folded(self, last_id: str) -> None:
+        """Drop the stream's events up to `last_id` (they are in the log now)."""
+        self._sync.xtrim(self.events_key, minid=_next_stream_id(last_id))
+
     async def history(self, user_id: str) -> list[str]:
         try:
             return await self.client.lrange(self.key(user_id), 0, -1)
@@ -194,8 +211,8 @@ class RedisStore:
         event_key = f"{self.prefix}e:{event.event_id}" if event.event_id else ""
         try:
             done = await self._record(
-                keys=[self.key(event.user_id), event_key],
-                args=[event.item_id, self.cap, int(self.event_id_ttl_s)],
+                keys=[self.key(event.user_id), event_key, self.events_key],
+                args=[event.item_id, self.cap, int(self.event_id_ttl_s), event.model_dump_json()],
             )
         except self._errors as exc:
             raise Unavailable(f"could not record the event: {exc}") from exc
@@ -255,6 +272,11 @@ class RedisStore:
 
     def close(self) -> None:
         self._sync.close()
+
+
+def _next_stream_id(stream_id: str) -> str:
+    ms, seq = stream_id.split("-")
+    return f"{ms}-{int(seq) + 1}"
 
 
 def _merged(log_items: list[str], held: Iterable[str]) -> list[str]:

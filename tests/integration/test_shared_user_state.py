@@ -3,6 +3,7 @@ either replica is in the next request of both."""
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import httpx
@@ -23,11 +24,23 @@ def redis_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_routers(ray_cluster, demo_dir, redis_url):
+def data_dir(demo_dir, tmp_path_factory):
+    """A copy of the demo dataset: the fold below rewrites its log and models."""
+    out = tmp_path_factory.mktemp("shared-state") / "data"
+    shutil.copytree(demo_dir, out)
+    return out
+
+
+def router_settings(redis_url):
+    return {"user_store": "redis", "redis_url": redis_url, "model_reload_s": 1}
+
+
+@pytest.fixture(scope="module")
+def two_routers(ray_cluster, data_dir, redis_url):
     args = {
-        "data_dir": str(demo_dir),
+        "data_dir": str(data_dir),
         "reranker": {"enabled": False},
-        "router": {"num_replicas": 2, "user_store": "redis", "redis_url": redis_url},
+        "router": {"num_replicas": 2, **router_settings(redis_url)},
     }
     serve.run(build_app(args), name="llmrec-redis", route_prefix="/")
     with httpx.Client(base_url=ray_cluster, timeout=60) as client:
@@ -68,3 +81,38 @@ def test_a_retried_event_is_recorded_once(two_routers):
     assert first.json()["duplicate"] is False and second.json()["duplicate"] is True
     items, _ = ask(two_routers, "retry-user")
     assert "5" not in items
+
+
+def test_folded_feedback_reaches_the_models_without_a_restart(two_routers, data_dir, redis_url):
+    from deployments.router.fold import fold_feedback
+    from retrieval.build import load_cf
+    from retrieval.config import AppConfig
+
+    # Two rarely taken items no user took together: item-kNN cannot propose one for the other.
+    cf = load_cf(data_dir / "index")
+    users = cf.popularity
+    rare = [i for i, n in zip(cf.item_ids, users, strict=True) if 2 <= n <= 4]
+    a = rare[0]
+    b = next(i for i in rare[1:] if cf.scores([a])[cf.index[i]] == 0)
+
+    def proposed_by_knn() -> tuple[bool, str]:
+        r = two_routers.post("/v1/recommend", json={"history": [a], "k": 100, "explain": False})
+        assert r.status_code == 200, r.text  # no request dropped while models swap
+        by_id = {i["item_id"]: i["sources"] for i in r.json()["items"]}
+        return "cf" in by_id.get(b, []), r.headers["x-replica"]
+
+    assert not proposed_by_knn()[0]
+    for n in range(30):
+        for step, item in enumerate((a, b)):
+            body = {"user_id": f"fold-{n}", "item_id": item, "ts": 2_000_000_000 + step}
+            assert two_routers.post("/v1/feedback", json=body).status_code == 200
+    cfg = AppConfig(data_dir=str(data_dir), router=router_settings(redis_url))
+    folded = fold_feedback(cfg)
+    assert folded.events == folded.added >= 60  # with the earlier tests' events
+    knew = set()
+    deadline = time.monotonic() + 15
+    while len(knew) < 2 and time.monotonic() < deadline:
+        proposed, replica = proposed_by_knn()
+        if proposed:
+            knew.add(replica)
+    assert len(knew) == 2  # both replicas swapped in the refit model, neither restarted

@@ -168,3 +168,50 @@ def test_no_acknowledged_event_is_lost_when_redis_is_killed(tmp_path, redis_serv
     assert set(acked) <= set(history)
     missing = set(history) - set(acked)
     assert len(missing) <= 1  # at most the one in flight when the server died
+
+
+def test_fold_moves_local_feedback_into_the_log_once_and_refits(tmp_path):
+    from deployments.router.fold import fold_feedback
+    from retrieval.build import CF_NAME, load_cf
+
+    write_log(tmp_path, [("u", "a", 1), ("v", "b", 1)])
+    pq.write_table(pa.table({"item_id": ["a", "b", "c"]}), tmp_path / "catalog.parquet")
+    (tmp_path / "index").mkdir()
+    cfg = config(tmp_path)
+    store = LocalStore(cfg, FeedbackLog(tmp_path / FEEDBACK_FILE))
+    for user, item in (("u", "c"), ("w", "a"), ("w", "c")):
+        assert run(store.record(event(user, item, ts=5)))
+    result = fold_feedback(cfg)
+    assert (result.events, result.added, result.interactions) == (3, 3, 5)
+    log = pq.read_table(tmp_path / "interactions.parquet")
+    assert log.column_names == ["user_id", "item_id", "ts"]  # the log's own columns
+    assert list(FeedbackLog(tmp_path / FEEDBACK_FILE).replay()) == []
+    assert load_cf(tmp_path / "index").scores(["a"])[2] > 0  # a and c co-occur now
+    assert (tmp_path / "index" / CF_NAME).exists()
+    # The same events again (a fold cut short before the file's truncation): not added twice.
+    again = FeedbackLog(tmp_path / FEEDBACK_FILE)
+    again.append(event("u", "c", ts=5))
+    assert fold_feedback(cfg).added == 0
+    # A restarted replica sees the same histories as before the fold.
+    restarted = LocalStore(cfg, FeedbackLog(tmp_path / FEEDBACK_FILE))
+    assert run(restarted.history("u")) == ["a", "c"] and run(restarted.history("w")) == ["a", "c"]
+
+
+def test_fold_takes_the_redis_event_stream_and_trims_it(tmp_path, redis_server):
+    from deployments.router.fold import fold_feedback
+
+    write_log(tmp_path, [("u", "a", 1)])
+    pq.write_table(pa.table({"item_id": ["a", "b"]}), tmp_path / "catalog.parquet")
+    (tmp_path / "index").mkdir()
+    cfg = config(tmp_path, user_store="redis", redis_url=redis_server.url)
+    store = open_store(cfg, FeedbackLog(tmp_path / FEEDBACK_FILE))
+
+    async def twice():  # the second a retry: one event
+        return [await store.record(event("u", "b", ts=9, event_id="x")) for _ in range(2)]
+
+    assert run(twice()) == [True, False]
+    assert fold_feedback(cfg).added == 1
+    assert RedisStore(cfg).unfolded() == ([], None)
+    assert run(RedisStore(cfg).history("u")) == ["a", "b"]
+    assert RedisStore(cfg).load_log() is True  # the log changed: merged, nothing lost
+    assert run(RedisStore(cfg).history("u")) == ["a", "b"]

@@ -333,9 +333,10 @@ class RouterConfig(_Section):
     """Where user histories and feedback live (`deployments/router/store.py`): `local`, this
     replica's memory over the log and `feedback.jsonl` (one node); `redis`, one Redis server
     every replica reads per request (several replicas or nodes)."""
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6380/0"
     """The Redis server of `user_store: redis`; run it with `appendonly yes` and
-    `appendfsync always` so an acknowledged event survives the server's death."""
+    `appendfsync always` so an acknowledged event survives the server's death. Not 6379 by
+    default: Ray's GCS listens there on the head node."""
     redis_prefix: str = Field("llmrec:", max_length=64)
     """Prefix of every key the app writes, so apps can share one server."""
     history_cap: int = Field(5000, ge=1, le=1_000_000)

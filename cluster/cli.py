@@ -68,6 +68,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         report = catalog.ingest_movielens(
             Path(args.source), out, min_rating=args.min_rating, drop_unknown=args.drop_unknown
         )
+    elif args.format == "synthetic":
+        from cluster.bench.synthetic import make_synthetic_dataset
+
+        report = make_synthetic_dataset(out, n_items=args.items, n_users=args.users, seed=args.seed)
     elif args.format == "demo":
         report = demo_data.make_demo_dataset(
             out, n_items=args.items, n_users=args.users, seed=args.seed
@@ -274,7 +278,9 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("ingest", help="normalise a catalog and interaction log to Parquet")
-    s.add_argument("format", choices=["parquet", "csv", "jsonl", "auto", "movielens", "demo"])
+    s.add_argument(
+        "format", choices=["parquet", "csv", "jsonl", "auto", "movielens", "demo", "synthetic"]
+    )
     s.add_argument("source", nargs="?", help="catalog file, or the MovieLens folder")
     s.add_argument("--out", required=True, help="dataset folder to write")
     s.add_argument("--interactions", help="interaction log file (parquet/csv/jsonl)")
@@ -294,9 +300,9 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="drop interactions with items missing from the catalog",
     )
-    s.add_argument("--items", type=int, default=3000, help="demo: catalog size")
-    s.add_argument("--users", type=int, default=500, help="demo: users")
-    s.add_argument("--seed", type=int, default=0, help="demo: random seed")
+    s.add_argument("--items", type=int, default=3000, help="demo, synthetic: catalog size")
+    s.add_argument("--users", type=int, default=500, help="demo, synthetic: users")
+    s.add_argument("--seed", type=int, default=0, help="demo, synthetic: random seed")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("build", help="encode the catalog and write FAISS shards")

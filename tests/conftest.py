@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cluster.bench.driver import free_port
+from cluster.redis_server import RedisServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -52,59 +53,12 @@ def ray_cluster():
     ray.shutdown()
 
 
-class RedisServer:
-    """A real `redis-server` on a free loopback port, durable as the docs say to run it
-    (AOF, fsync on every write), that a test may kill and start again on the same files."""
-
-    def __init__(self, workdir: Path) -> None:
-        import shutil
-
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed (`make test` installs it)")
-        self.binary, self.dir, self.port = binary, workdir, free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = None
-        self.start()
-
-    def start(self) -> None:
-        import subprocess
-        import time
-
-        import redis
-
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.dir),
-        ]
-        args += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        self.process.kill()  # SIGKILL: no shutdown, no final save
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-
 @pytest.fixture
 def redis_server(tmp_path):
-    server = RedisServer(tmp_path)
+    """A durable redis-server of the test's own (`cluster.redis_server`), stopped after."""
+    try:
+        server = RedisServer(tmp_path)
+    except FileNotFoundError as exc:
+        pytest.fail(f"{exc}; `make test` installs it")
     yield server
     server.stop()

@@ -23,8 +23,6 @@ import asyncio
 import gc
 import json
 import random
-import shutil
-import subprocess
 import tempfile
 import time
 import tracemalloc
@@ -39,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from cluster.bench.driver import free_port
+from cluster.redis_server import RedisServer
 
 __all__ = ["register", "run_store_bench"]
 
@@ -52,28 +50,13 @@ def _redis(url: str | None):
     if url:
         yield url
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("no redis-server on PATH: install it (apt-get install redis-server)")
-    import redis
-
-    port = free_port()
     with tempfile.TemporaryDirectory() as workdir:
-        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir]
-        args += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
-        server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            client = redis.Redis(port=port)
-            for _ in range(200):
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server = RedisServer(Path(workdir))
+        except FileNotFoundError as exc:
+            raise SystemExit(str(exc)) from exc
+        with server:
+            yield server.url
 
 
 def synthetic_log(out_dir: Path, users: int, per_user: int, items: int, seed: int) -> Path:
@@ -111,12 +94,27 @@ async def _read_times(store: Any, users: list[str]) -> list[float]:
     return out
 
 
+def _row(label: str, store: str, users: int, rows: int, reads: list[float], load_s: float,
+         memory: int, mean_len: float) -> dict[str, Any]:  # fmt: skip
+    return {
+        "data": label,
+        "store": store,
+        "users": users,
+        "interactions": rows,
+        **_latency(reads),
+        "load_s": round(load_s, 1),
+        "memory_mb": round(memory / 2**20, 1),
+        "memory_mb_per_million_users": round(memory / 2**20 / users * 1e6, 1),
+        "mean_history": round(mean_len, 1),
+    }
+
+
 def _measure(data_dir: Path, redis_url: str, reads: int, seed: int, label: str) -> list[dict]:
     from deployments.router.feedback import FEEDBACK_FILE, FeedbackLog
     from deployments.router.store import LocalStore, RedisStore
     from retrieval.config import AppConfig
 
-    n_users = pq.read_metadata(data_dir / "interactions.parquet").num_rows
+    n_rows = pq.read_metadata(data_dir / "interactions.parquet").num_rows
     rows = []
     # local: the Python objects the router's histories keep (traced while they load).
     gc.collect()
@@ -133,17 +131,7 @@ def _measure(data_dir: Path, redis_url: str, reads: int, seed: int, label: str) 
     mean_len = float(np.mean([len(local.histories[u]) for u in sample]))
     local_reads = asyncio.run(_read_times(local, sample))
     rows.append(
-        {
-            "data": label,
-            "store": "local",
-            "users": len(users),
-            "interactions": n_users,
-            **_latency(local_reads),
-            "load_s": round(load_s, 1),
-            "memory_mb": round(local_bytes / 2**20, 1),
-            "memory_mb_per_million_users": round(local_bytes / 2**20 / len(users) * 1e6, 1),
-            "mean_history": round(mean_len, 1),
-        }  # fmt: skip
+        _row(label, "local", len(users), n_rows, local_reads, load_s, local_bytes, mean_len)
     )
     del local
     gc.collect()
@@ -165,19 +153,7 @@ def _measure(data_dir: Path, redis_url: str, reads: int, seed: int, label: str) 
         return await _read_times(store, sample)
 
     redis_reads = asyncio.run(remote_reads())
-    rows.append(
-        {
-            "data": label,
-            "store": "redis",
-            "users": len(users),
-            "interactions": n_users,
-            **_latency(redis_reads),
-            "load_s": round(load_s, 1),
-            "memory_mb": round(used / 2**20, 1),
-            "memory_mb_per_million_users": round(used / 2**20 / len(users) * 1e6, 1),
-            "mean_history": round(mean_len, 1),
-        }  # fmt: skip
-    )
+    rows.append(_row(label, "redis", len(users), n_rows, redis_reads, load_s, used, mean_len))
     store.close()
     server.flushdb()
     return rows

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from ray import serve
 
+from cluster.redis_server import RedisServer
 from deployments.app import build_app
-from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.slow
 

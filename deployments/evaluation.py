@@ -416,8 +416,7 @@ async def _tune(
     pools: dict[str, tuple[list[str], np.ndarray]] = {}
     await rank_all_async(pool, val_users, desc="val pools", progress=progress)
     fusion, grid = tune_fusion(pools, val.targets, opts.k)
-    max_history = world.cfg.router.max_history
-    history_lens = {u: min(len(set(val.histories[u])), max_history) for u in pools}
+    history_lens = {u: len(world.history_ids(val.histories[u])) for u in pools}
     learned, learned_report = tune_learned_fusion(
         pools, val.targets, history_lens, opts.k, base=fusion, seed=opts.seed
     )

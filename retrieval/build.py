@@ -32,6 +32,7 @@ __all__ = [
     "load_als",
     "load_cf",
     "load_ease",
+    "refit_collaborative",
     "prepare_demo",
 ]
 
@@ -94,11 +95,17 @@ def build_index(
         index=index or IndexBuildConfig(),
         progress=progress,
     )
-    interactions_path = data_dir / "interactions.parquet"
-    if interactions_path.exists():
-        interactions = pq.read_table(interactions_path, columns=["user_id", "item_id"])
-        fit_collaborative(interactions, catalog["item_id"].to_pylist()).save(data_dir / "index")
+    if (data_dir / "interactions.parquet").exists():
+        refit_collaborative(data_dir, catalog["item_id"].to_pylist())
     return manifest
+
+
+def refit_collaborative(data_dir: Path, item_ids: list[str]) -> None:
+    """Fit item-kNN, ALS and EASE on `data_dir/interactions.parquet` over `item_ids` and
+    write them to `data_dir/index/` (`llmrec build`, and `--incremental` after a fold)."""
+    data_dir = Path(data_dir)
+    interactions = pq.read_table(data_dir / "interactions.parquet", columns=["user_id", "item_id"])
+    fit_collaborative(interactions, item_ids).save(data_dir / "index")
 
 
 class Collaborative(NamedTuple):

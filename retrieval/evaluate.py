@@ -29,7 +29,7 @@ from tqdm import tqdm
 from retrieval.collab import AlsModel, ItemKNN
 from retrieval.ease import EaseModel, recency_weights
 from retrieval.fusion import FEATURES, FusionWeights
-from retrieval.metrics import ndcg_at_k
+from retrieval.metrics import ndcg_at_k, rank_in_pool
 from retrieval.profiles import user_profile
 
 if TYPE_CHECKING:
@@ -290,9 +290,7 @@ def _target_ranks(
         t = list(item_ids).index(target)
     except ValueError:
         return np.full(len(weights), -1)
-    scores = np.asarray(features, np.float64) @ weights.T  # (items, grid)
-    mine = scores[t]
-    return (scores > mine).sum(axis=0) + (scores[:t] == mine).sum(axis=0)
+    return rank_in_pool(np.asarray(features, np.float64) @ weights.T, t)  # (items, grid)
 
 
 def tune_fusion(

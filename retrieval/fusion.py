@@ -16,7 +16,8 @@ router reads that file at start (see `RouterConfig.use_tuned_fusion`).
 
 `--tune` also trains a learned fusion (`retrieval.ltr`, LambdaRank over the
 same features) and keeps it, as `index/fusion_ltr.txt` beside the weights,
-when it ranks validation users at least as well as the weights do. History
+when its NDCG lift over the weights on held-out validation users has a
+bootstrap interval above 0. History
 requests are then ordered by it; the weights stay the fallback, and the base
 of the query fusion (a stated query re-weights the cosine, which a model
 trained on history requests has not seen).

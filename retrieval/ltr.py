@@ -28,7 +28,7 @@ import lightgbm as lgb
 import numpy as np
 
 from retrieval.fusion import FEATURES, FusionWeights, fuse
-from retrieval.metrics import ndcg_at_k, paired_bootstrap
+from retrieval.metrics import ndcg_at_k, paired_bootstrap, rank_in_pool
 
 __all__ = [
     "LEARNED_FEATURES",
@@ -168,11 +168,7 @@ def _dataset(
 
 def _pool_ndcg(scores: np.ndarray, target: int, k: int) -> float:
     """NDCG@k of the target row under `scores` (ties keep pool order, as the router's sort)."""
-    if target < 0:
-        return 0.0
-    mine = scores[target]
-    rank = int((scores > mine).sum() + (scores[:target] == mine).sum())
-    return ndcg_at_k(rank, k)
+    return ndcg_at_k(int(rank_in_pool(scores, target)), k) if target >= 0 else 0.0
 
 
 def tune_learned_fusion(

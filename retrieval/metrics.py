@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "RankingMetrics",
@@ -27,6 +28,7 @@ __all__ = [
     "per_user_ndcg",
     "percentile",
     "percentile_ms",
+    "rank_in_pool",
     "rank_of",
     "recall_at_k",
     "reciprocal_rank",
@@ -40,6 +42,14 @@ def rank_of(ranked: Sequence[str], target: str) -> int | None:
         if item_id == target:
             return pos
     return None
+
+
+def rank_in_pool(scores: Any, position: int) -> Any:
+    """0-based rank of the candidate at `position` when a pool is sorted by `scores`, best
+    first, ties in pool order (a stable sort, as the router's); per column when `scores`
+    is a 2-D array (one column per scoring)."""
+    mine = scores[position]
+    return (scores > mine).sum(axis=0) + (scores[:position] == mine).sum(axis=0)
 
 
 def recall_at_k(rank: int | None, k: int) -> float:

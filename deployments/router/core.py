@@ -331,8 +331,9 @@ class RouterCore:
         best `rows_for` candidates carry their rows."""
         cfg = self.config.router
         t = time.perf_counter()
-        stored = await self.store.history(req.user_id) if req.user_id else []
+        stored: list[str] = []
         if req.user_id:
+            stored = await self.store.history(req.user_id)
             clock.lap("store", t)  # the stored history's read (`router.user_store`)
         # Every item the user has seen counts for exclude_seen; the profile uses the latest.
         seen_all = list(dict.fromkeys(stored + list(req.history or [])))

@@ -84,15 +84,6 @@ def _append(path: Path, events: list[FeedbackEvent]) -> tuple[int, int]:
     return len(new), len(table)
 
 
-def _refit(config: AppConfig) -> None:
-    from retrieval.build import fit_collaborative
-
-    data = config.data_path
-    interactions = pq.read_table(data / "interactions.parquet", columns=["user_id", "item_id"])
-    item_ids = pq.read_table(data / "catalog.parquet", columns=["item_id"])["item_id"]
-    fit_collaborative(interactions, item_ids.to_pylist()).save(config.index_path)
-
-
 def fold_feedback(config: AppConfig) -> FoldResult:
     """Fold the store's unfolded events into the log, then refit the collaborative models
     (also when there was nothing to fold: the models then match the log as it is)."""
@@ -116,6 +107,9 @@ def fold_feedback(config: AppConfig) -> FoldResult:
             if events:
                 replace_atomically(feedback.path, lambda tmp: Path(tmp).write_bytes(b""))
                 fsync_dir(feedback.path.parent)
-    _refit(config)
+    from retrieval.build import refit_collaborative
+
+    catalog = pq.read_table(config.data_path / "catalog.parquet", columns=["item_id"])
+    refit_collaborative(config.data_path, catalog["item_id"].to_pylist())
     log.info("folded %d events (%d new rows) into %s", len(events), added, path)
     return FoldResult(len(events), added, rows)

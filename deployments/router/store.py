@@ -39,7 +39,6 @@ from deployments.router.feedback import (
     FeedbackLog,
     apply_event,
     erase_user,
-    load_histories,
     log_histories,
 )
 from deployments.router.schemas import FeedbackEvent
@@ -118,13 +117,16 @@ class LocalStore(MemoryStore):
 
     def __init__(self, config: AppConfig, feedback: FeedbackLog) -> None:
         rc = config.router
-        super().__init__(load_histories(config, feedback), cap=rc.history_cap)
+        super().__init__(log_histories(config), cap=rc.history_cap)
         for user, history in self.histories.items():
             if len(history) > self.cap:
                 self.histories[user] = history[-self.cap :]
         self.event_id_ttl_s = rc.event_id_ttl_s
+        # One pass over the file: its events join the histories in order, and their ids are
+        # remembered, so retries of events sent before a restart stay retries.
         for event in feedback.replay():
-            self.seen_event(event)  # retries of events sent before a restart stay retries
+            self.seen_event(event)
+            self.apply(event)
         self.config = config
         self.feedback = feedback
         self._writes = asyncio.Lock()
@@ -164,11 +166,13 @@ return 1
 class RedisStore:
     """Histories in one Redis server, shared by every router replica (see the module doc)."""
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, feedback: FeedbackLog | None = None) -> None:
         import redis
         import redis.asyncio
 
         rc = config.router
+        # Erasures rewrite the dataset's files under this log's lock, as with `local`.
+        self.feedback = feedback or FeedbackLog(config.data_path / FEEDBACK_FILE)
         self.prefix = rc.redis_prefix
         self.cap = rc.history_cap
         self.event_id_ttl_s = rc.event_id_ttl_s
@@ -224,8 +228,7 @@ class RedisStore:
             await self.client.delete(self.key(user_id))
         except self._errors as exc:
             raise Unavailable(f"user store at {self._url} unreachable: {exc}") from exc
-        feedback = FeedbackLog(self.config.data_path / FEEDBACK_FILE)
-        removed = await asyncio.to_thread(erase_user, self.config, feedback, user_id)
+        removed = await asyncio.to_thread(erase_user, self.config, self.feedback, user_id)
         return {**removed, "history_items": items}
 
     def load_log(self, wait_s: float = 600.0) -> bool:
@@ -298,7 +301,7 @@ def _log_digest(path: Path) -> str:
 def open_store(config: AppConfig, feedback: FeedbackLog) -> UserStore:
     """The store `router.user_store` names; Redis has the log loaded before it is returned."""
     if config.router.user_store == "redis":
-        store = RedisStore(config)
+        store = RedisStore(config, feedback)
         store.load_log()
         return store
     return LocalStore(config, feedback)

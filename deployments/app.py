@@ -47,16 +47,14 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             max_queued_requests=rr.max_queued_requests,
             # vLLM on CPU takes about a minute to load and answers probes slowly under load.
             health_check_timeout_s=120,
-            ray_actor_options={
-                "num_cpus": rr.num_cpus,
-                "num_gpus": rr.num_gpus,
-                "runtime_env": {
+            ray_actor_options=rr.actor_options(
+                runtime_env={
                     "env_vars": {
                         "VLLM_CPU_KVCACHE_SPACE": str(rr.kv_cache_gib),
                         "HF_HUB_OFFLINE": "1",
                     }
                 },
-            },
+            ),
         ).bind(rr.model_dump(), str(resolve_path(cfg.models_dir)))
     rt = cfg.router
     return Router.options(
@@ -68,5 +66,5 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             "status_code": QueueFull.status,
             "retry_after_s": QueueFull.retry_after_s,
         },
-        ray_actor_options={"num_cpus": rt.num_cpus},
+        ray_actor_options=rt.actor_options(),
     ).bind(cfg.model_dump(), encoder, shards, reranker)

@@ -56,6 +56,25 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
+class _Placed(_Section):
+    """A deployment's Ray placement: logical CPUs (each section's `num_cpus`) and custom
+    resources."""
+
+    resources: dict[str, float] = {}
+    """Custom Ray resources each replica asks for, e.g. `{llmrec_shard: 0.01}`: a replica then
+    runs only on nodes that declare them (`ray start --resources`, a KubeRay worker group's
+    `rayStartParams`); see `cluster/placement.py`. Empty: any node with the CPUs/GPUs."""
+
+    def actor_options(self, **extra: Any) -> dict[str, Any]:
+        """`ray_actor_options` of this deployment: its CPUs, GPUs and custom resources."""
+        options: dict[str, Any] = {"num_cpus": getattr(self, "num_cpus")}
+        if hasattr(self, "num_gpus"):  # the encoder and the reranker
+            options["num_gpus"] = getattr(self, "num_gpus")
+        if self.resources:
+            options["resources"] = dict(self.resources)
+        return {**options, **extra}
+
+
 class EncoderAutoscalingConfig(_Section):
     """Serve autoscaling of the encoder pool (`serve.config.AutoscalingConfig` fields)."""
 
@@ -81,7 +100,7 @@ class EncoderAutoscalingConfig(_Section):
         return self
 
 
-class EncoderConfig(_Section):
+class EncoderConfig(_Placed):
     model: str = "all-MiniLM-L6-v2"
     """Sentence-transformers model: the offline name above, a local folder or a Hugging Face id."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -171,7 +190,7 @@ class EncoderConfig(_Section):
         options: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
-            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "ray_actor_options": self.actor_options(),
         }
         if self.autoscaling is not None:
             options["autoscaling_config"] = self.autoscaling.model_dump()
@@ -203,7 +222,7 @@ class IndexBuildConfig(_Section):
     """Vectors sampled from the catalog to train IVF centroids and codebooks."""
 
 
-class RetrieverConfig(_Section):
+class RetrieverConfig(_Placed):
     num_cpus: float = Field(0.1, gt=0)
     """Logical Ray CPUs per retriever replica."""
     max_ongoing_requests: int = Field(128, ge=1)
@@ -245,7 +264,7 @@ class RetrieverConfig(_Section):
     """Larger `POST /v1/items` bodies are refused with 413."""
 
 
-class RerankerConfig(_Section):
+class RerankerConfig(_Placed):
     enabled: bool = True
     """Deploy the vLLM reranker; when off, `rerank`/`explain` requests are answered degraded."""
     model: str = "SmolLM2-135M-Instruct"
@@ -324,7 +343,7 @@ class RerankerConfig(_Section):
         return self
 
 
-class RouterConfig(_Section):
+class RouterConfig(_Placed):
     num_replicas: int = Field(1, ge=1, le=64)
     """HTTP ingress replicas. With `user_store: local` each holds user histories in its own
     memory, so feedback taken by one replica reaches the others when they restart (they replay

@@ -135,5 +135,5 @@ def bind_shards(
         max_ongoing_requests=config.max_ongoing_requests,
         max_queued_requests=config.max_queued_requests,
         user_config=user,
-        ray_actor_options={"num_cpus": config.num_cpus},
+        ray_actor_options=config.actor_options(),
     ).bind(index_dir, layout.shards_of(replica), layout.n_shards, init, dim)

@@ -60,6 +60,8 @@ class _Placed(_Section):
     """A deployment's Ray placement: logical CPUs (each section's `num_cpus`) and custom
     resources."""
 
+    num_cpus: float
+    """Logical Ray CPUs per replica (each section sets its default)."""
     resources: dict[str, float] = {}
     """Custom Ray resources each replica asks for, e.g. `{llmrec_shard: 0.01}`: a replica then
     runs only on nodes that declare them (`ray start --resources`, a KubeRay worker group's
@@ -67,9 +69,10 @@ class _Placed(_Section):
 
     def actor_options(self, **extra: Any) -> dict[str, Any]:
         """`ray_actor_options` of this deployment: its CPUs, GPUs and custom resources."""
-        options: dict[str, Any] = {"num_cpus": getattr(self, "num_cpus")}
-        if hasattr(self, "num_gpus"):  # the encoder and the reranker
-            options["num_gpus"] = getattr(self, "num_gpus")
+        options: dict[str, Any] = {"num_cpus": self.num_cpus}
+        gpus = getattr(self, "num_gpus", None)  # the encoder and the reranker have GPUs
+        if gpus is not None:
+            options["num_gpus"] = gpus
         if self.resources:
             options["resources"] = dict(self.resources)
         return {**options, **extra}

@@ -21,7 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from cluster import local  # noqa: E402
+from cluster import k8s, local  # noqa: E402
 from loadtest.auth import add_api_key_argument, api_key_from, auth_headers  # noqa: E402
 from retrieval.build import prepare_demo  # noqa: E402
 from retrieval.config import INDEX_TYPES, AppConfig, resolve_path  # noqa: E402
@@ -250,6 +250,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_k8s(args: argparse.Namespace) -> int:
+    options = k8s.RenderOptions(
+        name=args.name,
+        namespace=args.namespace,
+        image=args.image,
+        gpu_workers=args.gpu_workers,
+        cpu_workers=args.cpu_workers,
+        data_dir=args.data_dir,
+        auth_secret=args.auth_secret,
+    )
+    text = k8s.render_text(args.config, options, kind=args.kind)
+    if args.output:
+        Path(args.output).write_text(text)
+        console.print(f"wrote {args.output}", highlight=False)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _write_json(path: str | None, data: Any) -> None:
     if path:
         Path(path).write_text(json.dumps(data, indent=2, default=str))
@@ -348,6 +367,41 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="write the answer as JSON here")
     add_api_key_argument(s)
     s.set_defaults(func=cmd_query)
+
+    render = k8s.RenderOptions()  # the defaults
+    s = sub.add_parser("k8s", help="cluster manifests rendered from the Serve config")
+    k8s_sub = s.add_subparsers(dest="k8s", required=True)
+    s = k8s_sub.add_parser(
+        "render",
+        help="print the KubeRay RayService (or, --kind serve, the Serve config for a `ray up` "
+        "cluster) placed for GPU and CPU shard workers",
+    )
+    s.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="Serve config to render (default: ray_config.yaml)",
+    )
+    s.add_argument("--kind", choices=["rayservice", "serve"], default="rayservice")
+    s.add_argument("--image", default=render.image, help="image of every pod (%(default)s)")
+    s.add_argument(
+        "--gpu-workers",
+        type=int,
+        default=render.gpu_workers,
+        help="GPU pods, 1 GPU each; 0: encoder and reranker on CPU (%(default)s)",
+    )
+    s.add_argument(
+        "--cpu-workers",
+        type=int,
+        default=render.cpu_workers,
+        help="CPU shard pods: the retrievers (%(default)s)",
+    )
+    s.add_argument("--data-dir", help="dataset path or URI on every pod (default: the config's)")
+    s.add_argument("--name", default=render.name, help="RayService name (%(default)s)")
+    s.add_argument("--namespace", help="RayService namespace (default: kubectl's)")
+    s.add_argument("--auth-secret", help="Secret with key auth_token (default: KubeRay makes one)")
+    s.add_argument("-o", "--output", help="write here instead of stdout")
+    s.set_defaults(func=cmd_k8s)
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)

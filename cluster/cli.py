@@ -23,14 +23,20 @@ from rich.table import Table  # noqa: E402
 
 from cluster import k8s, local  # noqa: E402
 from loadtest.auth import add_api_key_argument, api_key_from, auth_headers  # noqa: E402
+from retrieval.artifacts import ArtifactError  # noqa: E402
 from retrieval.build import prepare_demo  # noqa: E402
-from retrieval.config import INDEX_TYPES, AppConfig, resolve_path  # noqa: E402
+from retrieval.config import INDEX_TYPES, AppConfig, is_uri, resolve_path  # noqa: E402
 
 console = Console()
 
 # Modules adding subcommands: each has `register(subparsers)` that adds its parser and
 # sets `func` (taking the parsed args, returning an exit code).
-COMMAND_MODULES: list[str] = ["cluster.loadtest_cmd", "cluster.eval_cmd", "cluster.chaos_cmd"]
+COMMAND_MODULES: list[str] = [
+    "cluster.loadtest_cmd",
+    "cluster.eval_cmd",
+    "cluster.chaos_cmd",
+    "cluster.data_cmd",
+]
 BENCH_MODULES: list[str] = [
     "cluster.bench.encoder",
     "cluster.bench.retrieval",
@@ -44,6 +50,9 @@ DEMO_QUERY = "a slow-burn space drama about astronauts far from home"
 
 
 def _app_config(config_path: Path, data_dir: str | None = None) -> AppConfig:
+    if data_dir and is_uri(data_dir):  # as given: a Path would fold its `//`
+        _, cfg = local.render_serve_config(config_path, overrides={"data_dir": data_dir})
+        return cfg
     _, cfg = local.render_serve_config(config_path, data_dir=Path(data_dir) if data_dir else None)
     return cfg
 
@@ -102,6 +111,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from retrieval.build import build_from_config, describe_build
 
+    if is_uri(args.data):
+        raise ValueError(
+            "`llmrec build` writes a local folder: build into one, then upload it with "
+            "`llmrec data push DIR URI`"
+        )
     cfg = _app_config(args.config, args.data)
     t = time.perf_counter()
     if args.incremental:
@@ -141,6 +155,10 @@ def _up(config: Path, cfg: AppConfig, address: str | None = None) -> str:
                 f"{'; pending: ' + ', '.join(pending) if pending else ''})"
             )
 
+        if is_uri(cfg.data_dir):  # every node mirrors it; nothing is copied here
+            return local.up(
+                config, overrides={"data_dir": cfg.data_dir}, address=address, on_wait=on_wait
+            )
         return local.up(config, data_dir=cfg.data_path, address=address, on_wait=on_wait)
 
 
@@ -421,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     except local.ClusterError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ArtifactError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
 

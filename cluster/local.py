@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import yaml
 
-from retrieval.config import PROJECT_ROOT, AppConfig, resolve_path
+from retrieval.config import PROJECT_ROOT, AppConfig, is_uri, resolve_path
 from retrieval.privacy import ensure_secret_file
 
 __all__ = [
@@ -133,7 +133,7 @@ def render_serve_config(
     if data_dir is not None:
         args["data_dir"] = str(Path(data_dir).resolve())
     cfg = AppConfig.model_validate(args)
-    args["data_dir"] = str(cfg.data_path)
+    args["data_dir"] = cfg.data_source  # a URI stays as given: each node mirrors it
     args["models_dir"] = str(resolve_path(cfg.models_dir))
     app["args"] = args
     return config, cfg
@@ -303,7 +303,11 @@ def up(
 ) -> str:
     """Start or join Ray, deploy the app, wait for health; returns the HTTP base URL."""
     config, cfg = render_serve_config(config_path, data_dir=data_dir, overrides=overrides)
-    if not (cfg.index_path / "manifest.json").exists():
+    if is_uri(cfg.data_dir):
+        from retrieval.artifacts import manifest_of
+
+        manifest_of(cfg.data_dir)  # the storage answers and holds an index, without a copy here
+    elif not (cfg.index_path / "manifest.json").exists():
         raise ClusterError(f"{cfg.index_path}: no index; run `llmrec build --data {cfg.data_path}`")
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     rendered = RUN_DIR / "serve_config.yaml"

@@ -16,23 +16,29 @@ from deployments.encoder.deployment import Encoder
 from deployments.errors import QueueFull
 from deployments.retriever.deployment import bind_shards
 from deployments.router.deployment import Router
+from retrieval.artifacts import manifest_of
 from retrieval.config import AppConfig, resolve_path
-from retrieval.shards import ShardLayout, load_manifest
+from retrieval.shards import ShardLayout
 
 __all__ = ["build_app"]
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    """Validate `args` as an AppConfig and bind the deployment graph."""
+    """Validate `args` as an AppConfig and bind the deployment graph.
+
+    Runs where the app is deployed from (the head): it reads only the index manifest, from
+    `data_dir` or its storage, and hands every replica the `data_dir` itself, so each one
+    reads its own node's copy (see retrieval/artifacts.py)."""
     cfg = AppConfig.model_validate(args or {})
-    manifest = load_manifest(cfg.index_path)
+    manifest = manifest_of(cfg.data_source)
     enc = cfg.encoder
     # Fixed num_replicas or autoscaling_config, GPUs and queue depth: see EncoderConfig.
     encoder = Encoder.options(**enc.deployment_options()).bind(enc.model_dump())
     layout = ShardLayout(manifest.n_shards, cfg.retriever.shards_per_replica)
+    data = {"data_dir": cfg.data_source, "cache_dir": cfg.cache_dir}
     shards = [
         # One replica each (it owns its shards' files); search settings apply in place.
-        bind_shards(str(cfg.index_path), layout, g, cfg.retriever, manifest.dim)
+        bind_shards(data, layout, g, cfg.retriever, manifest.dim)
         for g in range(layout.n_replicas)
     ]
     reranker = None

@@ -34,9 +34,12 @@ from retrieval.integrity import (
     write_atomic,
 )
 
-__all__ = ["Change", "ChangeLog", "Item"]
+__all__ = ["CHANGES_SUFFIX", "Change", "ChangeLog", "Item"]
 
 log = logging.getLogger(__name__)
+
+CHANGES_SUFFIX = ".changes.jsonl"
+"""How a shard's change log is named: `shard-NNN` and this."""
 
 
 @dataclass(frozen=True)

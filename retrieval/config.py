@@ -9,6 +9,7 @@ paths are resolved against the project root (the folder holding
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -42,6 +43,7 @@ __all__ = [
     "RerankerConfig",
     "RetrieverConfig",
     "RouterConfig",
+    "is_uri",
     "resolve_path",
 ]
 
@@ -50,6 +52,14 @@ def resolve_path(path: str | Path) -> Path:
     """An absolute path: relative ones are taken from the project root."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else (PROJECT_ROOT / p).resolve()
+
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_uri(location: str | Path) -> bool:
+    """Whether a `data_dir` is a storage URI (`s3://…`, `file:///…`) rather than a local path."""
+    return isinstance(location, str) and _URI.match(location) is not None
 
 
 class _Section(BaseModel):
@@ -449,7 +459,12 @@ class AppConfig(_Section):
     """Everything an llmrec application needs; `build_app(args)` validates it."""
 
     data_dir: str = "data/demo"
-    """Dataset folder with catalog.parquet, interactions.parquet and index/ (`llmrec build`)."""
+    """Dataset folder with catalog.parquet, interactions.parquet and index/ (`llmrec build`):
+    a local path, or a URI `pyarrow.fs` opens (`s3://bucket/prefix`, `gs://…`, `file:///…`)
+    that each node mirrors into `cache_dir` before reading (retrieval/artifacts.py)."""
+    cache_dir: str = "~/.cache/llmrec/data"
+    """Where each node keeps its copy of a URI `data_dir`, one folder per URI; unused for a
+    local `data_dir`."""
     models_dir: str = "~/.cache/llmrec/models"
     """Where `llmrec models prepare` caches converted models."""
     encoder: EncoderConfig = EncoderConfig()
@@ -458,8 +473,19 @@ class AppConfig(_Section):
     router: RouterConfig = RouterConfig()
 
     @property
+    def data_source(self) -> str:
+        """`data_dir` as any process can name it: a URI as given, a local path made absolute."""
+        return self.data_dir if is_uri(self.data_dir) else str(resolve_path(self.data_dir))
+
+    @property
     def data_path(self) -> Path:
-        return resolve_path(self.data_dir)
+        """The dataset folder on this node: `data_dir`, or for a URI its mirror under
+        `cache_dir`, fetched and verified the first time this process asks."""
+        if not is_uri(self.data_dir):
+            return resolve_path(self.data_dir)
+        from retrieval.artifacts import mirrored_data_dir  # pyarrow.fs, faiss: only for URIs
+
+        return mirrored_data_dir(self.data_dir, resolve_path(self.cache_dir))
 
     @property
     def index_path(self) -> Path:

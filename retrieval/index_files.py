@@ -51,6 +51,7 @@ __all__ = [
     "build_shards",
     "check_faiss_version",
     "load_manifest",
+    "parse_manifest",
     "shard_of",
     "update_manifest",
     "write_rows",
@@ -140,21 +141,39 @@ class Manifest:
     def n_shards(self) -> int:
         return len(self.shards)
 
+    def digests(self) -> dict[str, str]:
+        """The sha256 of every shard file the manifest lists, by name inside the index folder."""
+        out: dict[str, str] = {}
+        for s in self.shards:
+            out[s.index_file] = s.index_sha256
+            out[s.items_file] = s.items_sha256
+            if s.vectors_file and s.vectors_sha256:
+                out[s.vectors_file] = s.vectors_sha256
+        return out
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+
+def parse_manifest(raw: bytes | str, where: str) -> Manifest:
+    """The manifest in the text of a `manifest.json`; IndexIntegrityError naming `where` when
+    it is malformed."""
+    try:
+        data = json.loads(raw)
+        shards = [ShardFiles(**s) for s in data.pop("shards")]
+        return Manifest(shards=shards, **data)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise IndexIntegrityError(f"{where}: malformed manifest ({exc})") from exc
 
 
 def load_manifest(index_dir: Path) -> Manifest:
     """Read `manifest.json`; raises IndexIntegrityError if it is missing or malformed."""
     path = Path(index_dir) / MANIFEST_NAME
     try:
-        raw = json.loads(path.read_text())
-        shards = [ShardFiles(**s) for s in raw.pop("shards")]
-        return Manifest(shards=shards, **raw)
+        raw = path.read_bytes()
     except FileNotFoundError as exc:
         raise IndexIntegrityError(f"{path}: no manifest; run `llmrec build` first") from exc
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise IndexIntegrityError(f"{path}: malformed manifest ({exc})") from exc
+    return parse_manifest(raw, str(path))
 
 
 @contextmanager

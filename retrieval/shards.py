@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from retrieval.changes import Change, ChangeLog, Item
+from retrieval.changes import CHANGES_SUFFIX, Change, ChangeLog, Item
 from retrieval.config import RetrieverConfig
 from retrieval.index_files import (
     MANIFEST_NAME,
@@ -255,7 +255,7 @@ class Shard:
             n_shards=manifest.n_shards,
             kind=manifest.index_type,
             params=manifest.index_params,
-            changes=ChangeLog(index_dir / f"shard-{shard_no:03d}.changes.jsonl", manifest.dim),
+            changes=ChangeLog(index_dir / f"shard-{shard_no:03d}{CHANGES_SUFFIX}", manifest.dim),
         )
         replayed = shard._home.changes.replay(files.changes_seq)
         for change in replayed:

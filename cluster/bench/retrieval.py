@@ -208,7 +208,9 @@ def _deploy(apps: list[str], path: Path, cfg: RetrieverConfig, dim: int) -> None
     serve.run_many(
         [
             serve.RunTarget(
-                bind_shards(str(path), layout, s, cfg, dim), name=app, route_prefix=None
+                bind_shards({"data_dir": str(path.parent)}, layout, s, cfg, dim),
+                name=app,
+                route_prefix=None,
             )
             for s, app in enumerate(apps)
         ]

@@ -23,7 +23,7 @@ from ray.serve import Application
 
 from deployments.logs import replica_logging
 from deployments.retriever.core import ShardGroupCore, split_config
-from retrieval.config import RetrieverConfig
+from retrieval.config import AppConfig, RetrieverConfig
 from retrieval.shards import Found, Hit, Item, ShardLayout
 
 T = TypeVar("T")
@@ -50,13 +50,14 @@ class SearchTimer:
 class ShardRetriever:
     def __init__(
         self,
-        index_dir: str,
+        data: dict[str, str],
         shard_nos: list[int],
         n_shards: int,
         config: dict,
         dim: int | None = None,
     ):
         replica_logging()
+        index_dir = AppConfig.model_validate(data).index_path  # this node's copy
         self.core = ShardGroupCore(
             index_dir, shard_nos, n_shards, RetrieverConfig.model_validate(config), dim
         )
@@ -117,7 +118,7 @@ class ShardRetriever:
 
 
 def bind_shards(
-    index_dir: str,
+    data: dict[str, str],
     layout: ShardLayout,
     replica: int,
     config: RetrieverConfig,
@@ -125,8 +126,10 @@ def bind_shards(
 ) -> Application:
     """The deployment serving `layout.shards_of(replica)`, named `ShardRetriever-<replica>`.
 
-    One replica (it owns its shards' change logs and snapshots); search-time
-    settings in the user_config (applied in place when only they change).
+    `data` holds the AppConfig's `data_dir` (and optionally `cache_dir`): the replica
+    finds the index on the node it runs on, in the folder or in its mirror of a URI. One
+    replica (it owns its shards' change logs and snapshots); search-time settings in the
+    user_config (applied in place when only they change).
     """
     init, user = split_config(config)
     return ShardRetriever.options(
@@ -136,4 +139,4 @@ def bind_shards(
         max_queued_requests=config.max_queued_requests,
         user_config=user,
         ray_actor_options=config.actor_options(),
-    ).bind(index_dir, layout.shards_of(replica), layout.n_shards, init, dim)
+    ).bind(data, layout.shards_of(replica), layout.n_shards, init, dim)

@@ -11,6 +11,13 @@ dataset's `feedback.jsonl`. The report (`chaos.md`, `chaos.json`,
 `chaos.png`) gives success without and with one retry, p99 against the
 steady phase, the share degraded, each kill's time to recover and the
 acknowledged writes lost. Kills reach processes of this machine only.
+
+With `--nodes N` it starts its own cluster instead (`cluster/multinode.py`): a
+head and N worker nodes on this machine (`ray start`, ports of their own), the
+retriever replicas placed on the workers by resources, and kills one worker
+node under the `retrieval` load; a new worker joins `--replace-after` seconds
+later. The report adds the nodes, where every replica ran before and after,
+and the success rate while the node was gone.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ DEFAULT_TARGETS = ("Encoder", "ShardRetriever", "Reranker")
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
+    if args.nodes:
+        return _node_chaos(args)
     _, cfg = local.render_serve_config(args.config, data_dir=Path(args.data) if args.data else None)
     code, _ = local.health(args.url)
     if code != 200:
@@ -83,6 +92,30 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return 0 if report["writes_lost"] == 0 else 1
 
 
+def _node_chaos(args: argparse.Namespace) -> int:
+    from cluster.multinode import node_kill_run
+
+    report = node_kill_run(
+        args.config,
+        data_dir=Path(args.data) if args.data else None,
+        workers=args.nodes,
+        duration_s=args.duration,
+        steady_s=args.steady,
+        replace_after_s=args.replace_after,
+        progress=console.print,
+    )
+    out = Path(args.out or f"out/chaos/nodes-{time.strftime('%Y%m%d-%H%M%S')}")
+    paths = write_chaos_report(report, out)
+    gone = report["success_while_node_gone"]
+    console.print(
+        f"{report['killed_node']} killed: success {report['success_no_retry']:.2%} over the run, "
+        f"{'–' if gone is None else f'{gone:.2%}'} while it was gone; degraded "
+        f"{report['degraded_stages'] or 'none'}; ready again after {report['recovery_s_max']} s"
+    )
+    console.print(f"report: {paths['markdown']}  {paths['json']}  {paths['plot']}")
+    return 0 if report["unrecovered_kills"] == 0 else 1
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `llmrec chaos` to the CLI."""
     s = subparsers.add_parser(
@@ -106,5 +139,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--engine", action="store_true", help="also kill the vLLM engine process")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--nodes",
+        type=int,
+        default=0,
+        help="start a head and this many worker nodes here, deploy, kill a worker node",
+    )
+    s.add_argument(
+        "--replace-after",
+        type=float,
+        default=15.0,
+        help="with --nodes: seconds until a new worker joins (default 15)",
+    )
     s.add_argument("--out", help="report folder (default: out/chaos/chaos-<time>)")
     s.set_defaults(func=cmd_chaos)

@@ -10,6 +10,7 @@ the `llmrec` process.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -120,14 +121,19 @@ def load_serve_config(path: Path) -> dict[str, Any]:
 
 
 def render_serve_config(
-    path: Path, *, data_dir: Path | None = None, overrides: dict[str, Any] | None = None
+    path: Path,
+    *,
+    data_dir: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    serve_overrides: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], AppConfig]:
     """The Serve config at `path` with the llmrec app's args validated and made absolute.
 
-    `overrides` are merged into the app's args (nested dicts merge key by key).
+    `overrides` are merged into the app's args, `serve_overrides` into the Serve config's own
+    top-level keys (`http_options`, `proxy_location`); nested dicts merge key by key.
     Returns the config dict and the validated AppConfig.
     """
-    config = load_serve_config(path)
+    config = merge_overrides(load_serve_config(path), serve_overrides or {})
     app = config["applications"][0]
     args = merge_overrides(app.get("args") or {}, overrides or {})
     if data_dir is not None:
@@ -298,11 +304,15 @@ def up(
     address: str | None = None,
     num_cpus: int | None = None,
     overrides: dict[str, Any] | None = None,
+    serve_overrides: dict[str, Any] | None = None,
     timeout_s: float = 600.0,
     on_wait=None,
 ) -> str:
-    """Start or join Ray, deploy the app, wait for health; returns the HTTP base URL."""
-    config, cfg = render_serve_config(config_path, data_dir=data_dir, overrides=overrides)
+    """Start or join Ray, deploy the app, wait for health; returns the HTTP base URL.
+    `overrides` and `serve_overrides`: as for `render_serve_config`."""
+    config, cfg = render_serve_config(
+        config_path, data_dir=data_dir, overrides=overrides, serve_overrides=serve_overrides
+    )
     if is_uri(cfg.data_dir):
         from retrieval.artifacts import manifest_of
 
@@ -373,9 +383,12 @@ def head_command(
     metrics_port: int = METRICS_PORT,
     client_port: int = 10001,
     num_cpus: int | None = None,
+    resources: dict[str, float] | None = None,
 ) -> list[str]:
     """`ray start --head` as `up` runs it: the dashboard (and with it the Jobs and Serve REST
-    APIs) on 127.0.0.1 only; token auth comes from the environment (`_ray_env`)."""
+    APIs) on 127.0.0.1 only; token auth comes from the environment (`_ray_env`).
+    `resources`: custom resources the head declares (`ray start --resources`)."""
+    extra = [f"--resources={json.dumps(resources)}"] if resources else []
     return [
         _bin("ray"),
         "start",
@@ -387,6 +400,7 @@ def head_command(
         "--dashboard-host=127.0.0.1",
         "--disable-usage-stats",
         f"--num-cpus={num_cpus or os.cpu_count() or 2}",
+        *extra,
     ]
 
 

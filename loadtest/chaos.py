@@ -308,4 +308,29 @@ def _markdown(report: dict[str, Any], plot: str) -> str:
         lines.append(f"| {k['at_s']:.0f} s | {k['target']} | {k['killed']} | {ready} |")
     lines += ["", f"Errors: {report['errors'] or 'none'}.", ""]
     lines.append(f"Degraded stages: {report['degraded_stages'] or 'none'}.")
+    if "nodes" in report:  # a multi-node run (`cluster.multinode`)
+        lines += _node_lines(report)
     return "\n".join(lines) + "\n"
+
+
+def _node_lines(report: dict[str, Any]) -> list[str]:
+    gone = report["success_while_node_gone"]
+    lines = [
+        "",
+        f"## Nodes: {report['killed_node']} killed, a new worker after "
+        f"{report['replace_after_s']:.0f} s",
+        "",
+        f"Success while the node was gone: {'–' if gone is None else f'{gone:.2%}'}; "
+        f"degraded then: {report['degraded_while_node_gone'] or 0:.2%}.",
+        "",
+        "| node | id | state | resources |",
+        "| --- | --- | --- | --- |",
+    ]
+    for n in report["nodes"]:
+        lines.append(f"| {n['name']} | {n['node_id'][:8]} | {n['state']} | {n['resources']} |")
+    for phase in ("before", "after"):
+        lines += ["", f"Placement {phase}:", "", "| deployment | state | node | pid |"]
+        lines.append("| --- | --- | --- | --- |")
+        for r in report[f"placement_{phase}"]:
+            lines.append(f"| {r['deployment']} | {r['state']} | {r['node']} | {r['pid']} |")
+    return lines

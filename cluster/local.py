@@ -123,7 +123,7 @@ def load_serve_config(path: Path) -> dict[str, Any]:
 def render_serve_config(
     path: Path,
     *,
-    data_dir: Path | None = None,
+    data_dir: Path | str | None = None,
     overrides: dict[str, Any] | None = None,
     serve_overrides: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], AppConfig]:
@@ -137,7 +137,7 @@ def render_serve_config(
     app = config["applications"][0]
     args = merge_overrides(app.get("args") or {}, overrides or {})
     if data_dir is not None:
-        args["data_dir"] = str(Path(data_dir).resolve())
+        args["data_dir"] = str(data_dir) if is_uri(data_dir) else str(Path(data_dir).resolve())
     cfg = AppConfig.model_validate(args)
     args["data_dir"] = cfg.data_source  # a URI stays as given: each node mirrors it
     args["models_dir"] = str(resolve_path(cfg.models_dir))
@@ -300,7 +300,7 @@ CLUSTER_GONE_CHECKS = 3
 def up(
     config_path: Path = DEFAULT_CONFIG,
     *,
-    data_dir: Path | None = None,
+    data_dir: Path | str | None = None,
     address: str | None = None,
     num_cpus: int | None = None,
     overrides: dict[str, Any] | None = None,

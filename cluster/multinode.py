@@ -40,29 +40,32 @@ head (here it stands for the GPU nodes), so the run loses shards only, never the
 def node_kill_run(
     config_path: Path = local.DEFAULT_CONFIG,
     *,
-    data_dir: Path | None = None,
+    data_dir: Path | str | None = None,
     workers: int = 2,
     duration_s: float = 60.0,
     steady_s: float = 15.0,
     replace_after_s: float = 15.0,
     users: int = 4,
     http_port: int | None = None,
+    overrides: dict[str, Any] | None = None,
     progress=print,
 ) -> dict[str, Any]:
-    """Run the module docstring's experiment; returns its report (JSON-ready)."""
-    _, cfg = local.render_serve_config(config_path, data_dir=data_dir)
+    """Run the module docstring's experiment; returns its report (JSON-ready).
+
+    `data_dir` may be a storage URI (every node then mirrors it, `retrieval/artifacts.py`);
+    `overrides` are laid over the app's args after this run's own placement."""
+    placed = {
+        "reranker": {"enabled": False},  # the LLM is not what this run is about
+        "encoder": {"autoscaling": None, "num_replicas": 1, "resources": {HEAD_RESOURCE: 0.01}},
+        "router": {"resources": {HEAD_RESOURCE: 0.01}},
+    }
+    _, cfg = local.render_serve_config(
+        config_path, data_dir=data_dir, overrides=local.merge_overrides(placed, overrides or {})
+    )
     n_shards = load_manifest(cfg.index_path).n_shards
     per_replica = max(1, -(-n_shards // workers))  # ceil: one retriever replica per worker
-    overrides = {
-        "reranker": {"enabled": False},  # the LLM is not what this run is about
-        "encoder": {
-            "autoscaling": None,
-            "num_replicas": 1,
-            "resources": {HEAD_RESOURCE: 0.01},
-        },
-        "router": {"resources": {HEAD_RESOURCE: 0.01}},
-        "retriever": {"shards_per_replica": per_replica, "resources": {SHARD_RESOURCE: 1.0}},
-    }
+    shards = {"retriever": {"shards_per_replica": per_replica, "resources": {SHARD_RESOURCE: 1.0}}}
+    overrides = local.merge_overrides(local.merge_overrides(placed, shards), overrides or {})
     serve_overrides = {
         # One proxy: every node of this machine would bind the same HTTP port.
         "proxy_location": "HeadOnly",

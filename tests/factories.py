@@ -128,3 +128,29 @@ class ScriptedEngine:
 
     def shutdown(self):
         self.closed = True
+
+
+def s3_bucket_uri(endpoint: str, prefix: str = "datasets/demo") -> str:
+    """A fresh bucket on the server at `endpoint`; the URI of `prefix` inside it."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    bucket = f"llmrec-{uuid.uuid4().hex[:12]}"
+    pafs.S3FileSystem(
+        endpoint_override=endpoint, scheme="http", allow_bucket_creation=True
+    ).create_dir(bucket)
+    return f"s3://{bucket}/{prefix}?endpoint_override={endpoint}&scheme=http"
+
+
+def dummy_aws(mp) -> None:
+    """Dummy AWS keys and no instance-metadata lookup (`mp`: a pytest MonkeyPatch): S3 calls
+    reach only a local server, and `ray start` passes them on to every replica."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        mp.setenv(name, value)

@@ -1,6 +1,7 @@
 """A real multi-node Ray cluster on this machine (`cluster.multinode`): a head and two worker
 nodes from `ray start`, the retrievers placed on the workers by their resource, one worker
-SIGKILLed under load and replaced; the service keeps answering throughout."""
+SIGKILLed under load and replaced; the service keeps answering throughout. The data dir is
+on a real S3-compatible server: every replica reads the copy its node mirrored."""
 
 from __future__ import annotations
 
@@ -8,19 +9,37 @@ import pytest
 
 from cluster.multinode import node_kill_run
 from cluster.placement import SHARD_RESOURCE
+from retrieval.artifacts import cache_folder, push_data_dir
+from tests.factories import dummy_aws, s3_bucket_uri
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def report(demo_dir, tmp_path_factory):
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("node-cache")
+
+
+@pytest.fixture(scope="module")
+def uri(demo_dir, s3_endpoint):
+    with pytest.MonkeyPatch.context() as mp:
+        dummy_aws(mp)
+        uri = s3_bucket_uri(s3_endpoint)
+        push_data_dir(demo_dir, uri)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def report(uri, cache, tmp_path_factory):
     token = tmp_path_factory.mktemp("ray-auth") / "auth_token"
     with pytest.MonkeyPatch.context() as mp:
         for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
             mp.delenv(name, raising=False)
         mp.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+        dummy_aws(mp)
         return node_kill_run(
-            data_dir=demo_dir,
+            data_dir=uri,
+            overrides={"cache_dir": str(cache)},
             workers=2,
             duration_s=40.0,
             steady_s=10.0,
@@ -54,9 +73,7 @@ def test_a_lost_worker_is_answered_around_and_its_shards_come_back(report):
     assert report["success_while_node_gone"] == 1.0
     assert report["degraded_while_node_gone"] > 0.5
     lost = {
-        name
-        for name, r in by_deployment(report["placement_before"]).items()
-        if r["node"] == victim
+        name for name, r in by_deployment(report["placement_before"]).items() if r["node"] == victim
     }
     assert len(lost) == 1
     (replica,) = lost
@@ -67,3 +84,12 @@ def test_a_lost_worker_is_answered_around_and_its_shards_come_back(report):
     assert after[replica]["node"] == "worker-3" and after[replica]["state"] == "RUNNING"
     assert report["unrecovered_kills"] == 0
     assert report["timeline"][-1]["degraded"] == 0.0
+
+
+def test_the_replicas_read_a_verified_mirror_of_the_storage(report, uri, cache, demo_dir):
+    folder = cache_folder(uri, cache)
+    mirrored = sorted(p.name for p in (folder / "index").glob("shard-*"))
+    assert mirrored and mirrored == sorted(p.name for p in (demo_dir / "index").glob("shard-*"))
+    assert (folder / "index" / "manifest.json").read_bytes() == (
+        demo_dir / "index" / "manifest.json"
+    ).read_bytes()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from moto.server import ThreadedMotoServer
 
-from cluster.bench.driver import free_port
 from retrieval.artifacts import (
     ArtifactError,
     cache_folder,
@@ -31,33 +28,16 @@ from retrieval.artifacts import (
 from retrieval.build import refit_collaborative
 from retrieval.config import AppConfig
 from retrieval.shards import IndexIntegrityError, Item, Shard, load_manifest, shard_of
-from tests.factories import make_shards, make_vectors
+from tests.factories import make_shards, make_vectors, s3_bucket_uri
 
 DIM = 16
 N_ITEMS = 240
 N_SHARDS = 3
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture(autouse=True)
-def dummy_aws(monkeypatch):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+def _aws(aws_env):
+    """Every test here talks to the local S3 server (tests/conftest.py) with dummy keys."""
 
 
 def make_data_dir(path: Path, n_items: int = N_ITEMS, seed: int = 0) -> Path:
@@ -84,11 +64,7 @@ def built(tmp_path_factory) -> Path:
 @pytest.fixture
 def uri(s3_endpoint) -> str:
     """A fresh bucket on the server; the data dir's URI inside it."""
-    bucket = f"llmrec-{uuid.uuid4().hex[:12]}"
-    pafs.S3FileSystem(
-        endpoint_override=s3_endpoint, scheme="http", allow_bucket_creation=True
-    ).create_dir(bucket)
-    return f"s3://{bucket}/datasets/demo?endpoint_override={s3_endpoint}&scheme=http"
+    return s3_bucket_uri(s3_endpoint)
 
 
 def overwrite(uri: str, rel: str, data: bytes) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +25,14 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster import local
+from cluster.bench.driver import free_port
+from cluster.cpu_probe import ServeCpuProbe
+from cluster.placement import SHARD_REPLICA_UNITS, SHARD_RESOURCE, shard_node_resources
 from cluster.sweep_deploy import (
     APP_NAME,
     ENCODER,
     ServeDeployer,
+    capacity_layout,
     local_gpus,
     logical_cpus_needed,
     plan_points,
@@ -158,6 +163,7 @@ def _run(
     points: list[SweepPoint],
     deploy: Callable[[SweepPoint], Deployed],
     notes: _Notes,
+    cpu_probe: Callable[[], dict[str, float]] | None = None,
 ) -> tuple[list[PointResult], str | None]:
     """Run the points with the live display (unless --no-progress)."""
 
@@ -174,6 +180,7 @@ def _run(
             health_timeout_s=args.deploy_timeout,
             log=console.print,
             headers=auth_headers(api_key_from(args.api_key)),
+            cpu_probe=cpu_probe,
         )
 
     if args.no_progress:
@@ -232,6 +239,27 @@ def cmd_overload(args: argparse.Namespace) -> int:
     return 0 if ok and report["unanswered"] == 0 else 1
 
 
+NODE_CPUS = 1
+"""Logical CPUs of each worker node `--nodes` starts (the head gets two: it runs the
+encoders and the router beside Serve's controller and proxy)."""
+
+
+def _start_nodes(workers: int):
+    from cluster.nodes import LocalCluster
+
+    nodes = LocalCluster(head_cpus=2 * NODE_CPUS).start()
+    try:
+        for i in range(workers):
+            nodes.add_worker(
+                f"worker-{i + 1}", num_cpus=NODE_CPUS, resources=shard_node_resources()
+            )
+    except local.ClusterError:
+        nodes.stop()
+        raise
+    console.print(f"started a head ({nodes.address}) and {workers} worker nodes on this machine")
+    return nodes
+
+
 def cmd_loadtest(args: argparse.Namespace) -> int:
     if args.overload:
         return cmd_overload(args)
@@ -259,6 +287,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
             return Deployed(url, counts or None)
 
         traffic = _traffic(cfg.data_path, scenario)
+        layout = None
         results, error = _run(args, scenario, traffic, out, points, deploy, notes)
     else:
         axis, values = parse_sweep(args.sweep)
@@ -266,12 +295,20 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
             from retrieval.build import prepare_demo
 
             prepare_demo(cfg, log=console.print)
-        resources = local.cluster_resources()
-        if resources is None and not args.demo:
-            raise LoadtestError(
-                "no Ray cluster runs here: start one with `llmrec up` or pass --demo"
+        nodes = None
+        if args.nodes:  # a head and worker nodes of this run's own (cluster/nodes.py)
+            nodes = _start_nodes(args.nodes)
+            overrides = local.merge_overrides(
+                overrides, {"retriever": {"resources": {SHARD_RESOURCE: SHARD_REPLICA_UNITS}}}
             )
-        started = resources is None
+            resources: dict[str, float] | None = {"CPU": float(NODE_CPUS * (args.nodes + 1))}
+        else:
+            resources = local.cluster_resources()
+            if resources is None and not args.demo:
+                raise LoadtestError(
+                    "no Ray cluster runs here: start one with `llmrec up`, pass --demo or --nodes"
+                )
+        started = resources is None or nodes is not None
         gpus = resources.get("GPU", 0) if resources else local_gpus()
         gpu_standin = not gpus
         plan = plan_points(
@@ -283,7 +320,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         )
         from retrieval.shards import load_manifest
 
-        need = logical_cpus_needed(cfg, max(values), load_manifest(cfg.index_path).n_shards)
+        n_shards = load_manifest(cfg.index_path).n_shards
+        need = logical_cpus_needed(cfg, max(values), n_shards)
         if resources and resources.get("CPU", 0) < need - 0.5:
             console.print(
                 f"[yellow]the running cluster has {resources.get('CPU', 0):g} logical CPUs; the "
@@ -297,21 +335,32 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
             {p.label: o for p, o in plan},
             rerank=cfg.reranker.enabled,
             num_cpus=need,
-            dashboard=args.dashboard,
+            dashboard=nodes.dashboard if nodes else args.dashboard,
             timeout_s=args.deploy_timeout,
             notes=notes,
+            address=nodes.dashboard if nodes else None,
+            # One proxy: every node of this machine would bind the same HTTP port.
+            serve_overrides={"proxy_location": "HeadOnly", "http_options": {"port": free_port()}}
+            if nodes
+            else None,
         )
         traffic = _traffic(cfg.data_path, scenario)
         points = [p for p, _ in plan]
+        layout = capacity_layout(cfg, n_shards, float(os.cpu_count() or 1))
         before = None
         if not started:
             before = next(
                 (c for c in local.serve_app_configs(args.dashboard) if c["name"] == APP_NAME), None
             )
         try:
-            results, error = _run(args, scenario, traffic, out, points, deployer, notes)
+            results, error = _run(
+                args, scenario, traffic, out, points, deployer, notes, ServeCpuProbe(APP_NAME)
+            )
         finally:
-            if started and not args.keep:
+            if nodes is not None:
+                console.print("stopping the nodes this run started")
+                nodes.stop()
+            elif started and not args.keep:
                 console.print("stopping the cluster this run started")
                 local.down()
             elif not started:
@@ -329,6 +378,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         url=url,
         error=error,
         extra={"config_overrides": overrides, "cluster_started_by_loadtest": started},
+        capacity_layout=layout,
     )
     paths = write_report(report, out)
     _print_summary(report, paths)
@@ -362,6 +412,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--sweep", help="gpus=1,2,4 or replicas=1,2,4: redeploy and measure each")
     s.add_argument("--demo", action="store_true", help="sweep the demo data; start Ray if needed")
     s.add_argument("--keep", action="store_true", help="with --demo: leave the cluster running")
+    s.add_argument(
+        "--nodes",
+        type=int,
+        default=0,
+        help="with --sweep: start a head and this many worker nodes on this machine (retrievers "
+        "on the workers) and sweep there; stopped afterwards",
+    )
     s.add_argument("--data", help="dataset folder for ids and queries (default: the config's)")
     s.add_argument("--out", help="report folder (default: out/loadtest/<scenario>-<time>)")
     s.add_argument("--duration", type=float, help="measured seconds (split across load steps)")

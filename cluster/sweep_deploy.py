@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from cluster import local
+from loadtest.capacity import Layout
 from loadtest.errors import LoadtestError
 from loadtest.sweep import Deployed, SweepPoint
 from retrieval.config import AppConfig
@@ -31,6 +32,7 @@ __all__ = [
     "ENCODER",
     "RERANKER",
     "ServeDeployer",
+    "capacity_layout",
     "local_gpus",
     "logical_cpus_needed",
     "plan_points",
@@ -132,6 +134,24 @@ def _wait_for_replicas(
     raise LoadtestError(f"the app did not reach {expected} in {timeout_s:.0f}s ({what})")
 
 
+def capacity_layout(cfg: AppConfig, n_shards: int, host_cores: float) -> Layout:
+    """How the deployments of `cfg` grow over a sweep (`plan_points`), for the capacity model:
+    the encoder pool and (when enabled) the reranker pool scale; the router, the retriever
+    replicas and the proxy stay; an encoder replica works on its `torch_threads` cores, the
+    reranker's engine on every core, the rest on one each."""
+    scaled = (ENCODER, RERANKER) if cfg.reranker.enabled else (ENCODER,)
+    return Layout(
+        scaled=scaled,
+        fixed={
+            "Router": cfg.router.num_replicas,
+            "ShardRetriever": ShardLayout(n_shards, cfg.retriever.shards_per_replica).n_replicas,
+            "proxy": 1,
+        },
+        cores_per_replica={ENCODER: float(cfg.encoder.torch_threads), RERANKER: host_cores},
+        host_cores=host_cores,
+    )
+
+
 def local_gpus() -> int:
     smi = shutil.which("nvidia-smi")
     if not smi:
@@ -155,7 +175,12 @@ class ServeDeployer:
         dashboard: str,
         timeout_s: float,
         notes: Callable[[str], None],
+        address: str | None = None,
+        serve_overrides: dict[str, Any] | None = None,
     ) -> None:
+        """`address`: a cluster to deploy to (else the local head, started when needed);
+        `serve_overrides`: laid over the Serve config's own keys (`local.up`)."""
+        self.address, self.serve_overrides = address, serve_overrides
         self.config, self.data_dir = config, data_dir
         self.base_overrides, self.plan = base_overrides, plan
         self.rerank, self.num_cpus = rerank, num_cpus
@@ -173,6 +198,8 @@ class ServeDeployer:
                 self.config,
                 data_dir=self.data_dir,
                 overrides=overrides,
+                serve_overrides=self.serve_overrides,
+                address=self.address,
                 num_cpus=self.num_cpus,
                 timeout_s=self.timeout_s,
                 on_wait=lambda code, body: self.notes(

@@ -12,6 +12,10 @@ did, the step with the highest goodput. From the headline figures:
   a throughput of at least `target_rps`.
 
 On machines without GPUs every replica stands in for one GPU (`gpu_standin`).
+
+With a `capacity_layout` (the CLI gives one) the report has a `capacity` section: the
+model of `loadtest/capacity.py` fitted on the smallest point, each point's predicted
+throughput beside its measured one, and the bottleneck that bounds it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loadtest.capacity import Layout, predict, prediction_table
 from loadtest.scenario import Scenario
 from loadtest.stats import Summary
 from loadtest.sweep import PointResult
@@ -74,8 +79,13 @@ def _step_dict(s: Summary, load: float, slo_ms: float, max_error_rate: float) ->
 
 def _point_dict(pr: PointResult, scenario: Scenario, slo_ms: float) -> dict[str, Any]:
     steps = [
-        _step_dict(s, load, slo_ms, scenario.max_error_rate)
-        for s, load in zip(pr.steps, pr.run.scenario.steps, strict=False)
+        {
+            **_step_dict(s, load, slo_ms, scenario.max_error_rate),
+            "cpu_cores": pr.run.cpu_cores(*window),
+        }
+        for s, load, window in zip(
+            pr.steps, pr.run.scenario.steps, pr.run.step_windows, strict=False
+        )
     ]
     idx, meets = headline_step(pr.steps, slo_ms, scenario.max_error_rate)
     head = steps[idx]
@@ -126,6 +136,7 @@ def build_report(
     url: str = "",
     error: str | None = None,
     extra: dict[str, Any] | None = None,
+    capacity_layout: Layout | None = None,
 ) -> dict[str, Any]:
     """The report as a JSON-ready dict (schema in the module docstring and README)."""
     slo = scenario.slo_p99_ms
@@ -178,8 +189,16 @@ def build_report(
         "min_gpus_for_target_estimate": estimate,
         "error": error,
         "host_cpus": os.cpu_count(),
+        "capacity": predict(points, capacity_layout, _mean_think_s(scenario))
+        if capacity_layout
+        else None,
         **(extra or {}),
     }
+
+
+def _mean_think_s(scenario: Scenario) -> float:
+    think = scenario.think_time_s
+    return sum(think) / 2 if scenario.mode == "closed" else 0.0
 
 
 def _fmt(x: Any, nd: int = 1) -> str:
@@ -294,6 +313,9 @@ def _markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
             out.append(
                 f"| {p['label']} | " + " | ".join(_fmt(p["stage_ms"].get(s)) for s in stages) + " |"
             )
+    if report.get("capacity"):
+        out += ["", "## Capacity model: predicted against measured (peak step)", ""]
+        out += prediction_table(report["capacity"])
     out += ["", "## Replicas seen, host load", ""]
     for p in report["points"]:
         out.append(

@@ -102,6 +102,20 @@ class RunResult:
     """CPU time the generator used, as a share of one core over the run."""
     host_load: float = 0.0
     """Mean 1-minute load average of the host during the run (other work competes too)."""
+    cpu_samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    """(seconds from the run's start, cumulative CPU seconds by role) every tick, when the
+    caller gave a `cpu_probe` (`cluster/cpu_probe.py`); empty otherwise."""
+
+    def cpu_cores(self, start: float, end: float) -> dict[str, float]:
+        """Cores each role kept busy between `start` and `end` (seconds from the run's
+        start), from the CPU samples nearest inside the window; {} without samples."""
+        inside = [s for s in self.cpu_samples if start <= s[0] <= end]
+        if len(inside) < 2 or inside[-1][0] - inside[0][0] <= 0:
+            return {}
+        (t0, first), (t1, last) = inside[0], inside[-1]
+        return {
+            role: round(max(last[role] - first.get(role, 0.0), 0.0) / (t1 - t0), 4) for role in last
+        }
 
     @property
     def measured(self) -> list[RequestRecord]:
@@ -164,8 +178,10 @@ class LoadRunner:
         label: str = "",
         transport: httpx.AsyncBaseTransport | None = None,
         headers: Mapping[str, str] | None = None,
+        cpu_probe: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         self.url = check_target(url, allow_hosts)
+        self.cpu_probe = cpu_probe
         self.headers = dict(headers or {})
         self.scenario = scenario
         self.traffic = traffic
@@ -187,6 +203,7 @@ class LoadRunner:
         self._samples: list[tuple[float, int]] = []
         self._errors: Counter[str] = Counter()
         self._load: list[float] = []
+        self._cpu: list[tuple[float, dict[str, float]]] = []
 
     # -- timeline -------------------------------------------------------------------------
 
@@ -419,6 +436,8 @@ class LoadRunner:
             active = self._active if sc.mode == "closed" else self._in_flight
             self._samples.append((now, active))
             self._load.append(os.getloadavg()[0])
+            if self.cpu_probe is not None:
+                self._cpu.append((now, await asyncio.to_thread(self.cpu_probe)))
             if self.progress is None:
                 continue
             step = self._step_at(now)
@@ -491,6 +510,7 @@ class LoadRunner:
             max_lag_ms=self._max_lag_ms,
             client_cpu_percent=100.0 * (time.process_time() - cpu0) / wall,
             host_load=sum(self._load) / len(self._load) if self._load else os.getloadavg()[0],
+            cpu_samples=self._cpu,
         )
 
 

@@ -132,8 +132,10 @@ async def run_sweep(
     health_timeout_s: float = 600.0,
     log: Callable[[str], None] = print,
     headers: Mapping[str, str] | None = None,
+    cpu_probe: Callable[[], dict[str, float]] | None = None,
 ) -> tuple[list[PointResult], str | None]:
-    """Deploy and measure every point in order; `headers` go on every request.
+    """Deploy and measure every point in order; `headers` go on every request; `cpu_probe`
+    (cumulative CPU seconds by role, `LoadRunner`) is sampled while each point runs.
 
     Returns the measured points and, when a deploy or health wait failed, the
     error that stopped the sweep (points measured before it are kept).
@@ -160,6 +162,7 @@ async def run_sweep(
             progress=progress,
             label=point.label,
             headers=headers,
+            cpu_probe=cpu_probe,
         )
         run = await runner.run()
         steps = run.step_summaries()

@@ -186,7 +186,29 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{cost.get('decode_ms_per_step_and_sequence')} per sequence; explain prefix-cache hit "
             f"{llm.get('explain', {}).get('prefix_cache_hit_rate', 0):.0%}"
         )
+    if args.placement:
+        _print_placement(args.dashboard, args.address)
     return 0 if code == 200 else 1
+
+
+def _print_placement(dashboard: str, address: str) -> None:
+    from rich.table import Table
+
+    from cluster.nodes import replica_placement
+
+    table = Table("deployment", "replica", "state", "node", "node ip", "pid", "node resources")
+    for r in replica_placement(dashboard, address):
+        node = f"{str(r['node_id'])[:8]}{' (head)' if r['head'] else ''}"
+        table.add_row(
+            r["deployment"],
+            str(r["replica"]),
+            str(r["state"]),
+            node,
+            str(r["node_ip"]),
+            str(r["pid"]),
+            ", ".join(f"{k} {v:g}" for k, v in r["node_resources"].items()) or "–",
+        )
+    console.print(table)
 
 
 def query(
@@ -371,6 +393,13 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="health of the running service")
     s.add_argument("--url", default="http://127.0.0.1:8000")
+    s.add_argument(
+        "--placement",
+        action="store_true",
+        help="also list every replica with the node it runs on (Serve's REST API)",
+    )
+    s.add_argument("--dashboard", default=local.DASHBOARD, help="Ray dashboard of the cluster")
+    s.add_argument("--address", default=local.HEAD_ADDRESS, help="GCS address (ray list nodes)")
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("query", help="ask the running service for recommendations")

@@ -398,6 +398,10 @@ class RouterConfig(_Placed):
     later than that is named in `degraded` and the answer goes on without it. Serve holds
     calls to a deployment whose only replica died until a new one runs (seconds), so this
     bounds what a crash costs a request; keep it well above the shards' p99 under load."""
+    shard_retry_s: float = Field(2.0, ge=0, le=600)
+    """After a retriever replica was late or failed, recommendations skip it for this long
+    (its shards named in `degraded` at once, not after `shard_timeout_ms`), then try it
+    again; a lost node then costs each request its shards, not a second. 0: always wait."""
     encode_timeout_ms: int = Field(1000, ge=1, le=120_000)
     """Longest the query encoding waits. Later, or when the encoder fails, the request goes on
     without the query (`degraded: ["encoder"]`): from its history, or popular items when it

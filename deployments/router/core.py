@@ -41,9 +41,9 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from cachetools import TTLCache
@@ -230,6 +230,8 @@ class RouterCore:
         # Stored histories: the deployment's store, or a dict in memory (tests, `llmrec eval`).
         self.store = store if store is not None else MemoryStore(histories)
         self.in_flight = 0
+        # Retriever replicas that were late or failed, and until when calls skip them.
+        self._skip_replica_until: dict[int, float] = {}
         rc = config.router
         # Only rows that exist are cached: an unknown id is asked again (and 404'd) every time.
         self.item_rows: TTLCache[str, tuple[Hit, np.ndarray]] | None = (
@@ -388,13 +390,22 @@ class RouterCore:
             return None
 
     async def _gather_shards(
-        self, calls: dict[int, Awaitable], clock: _Clock, degraded: list[str]
+        self, calls: dict[int, Coroutine[Any, Any, Any]], clock: _Clock, degraded: list[str]
     ) -> dict[int, object]:
         """Run per-replica calls concurrently; the shards of a late or failed one go in `degraded`.
 
-        A call that raised something outside `_STAGE_ERRORS` (a bug) is raised.
+        A replica late or failed within `router.shard_retry_s` is not called (its call is
+        closed unstarted) and is degraded at once. A call that raised something outside
+        `_STAGE_ERRORS` (a bug) is raised.
         """
-        tasks = {s: asyncio.ensure_future(c) for s, c in calls.items()}
+        now = time.monotonic()
+        tasks = {}
+        for s, call in calls.items():
+            if self._skip_replica_until.get(s, 0.0) > now:
+                call.close()
+                degraded.extend(n for n in self.layout.names_of(s) if n not in degraded)
+            else:
+                tasks[s] = asyncio.ensure_future(call)
         if not tasks:
             return {}
         bound = min(clock.left(), self.config.router.shard_timeout_ms / 1000.0)
@@ -408,8 +419,12 @@ class RouterCore:
                 raise error
             if task in done and error is None:
                 results[s] = task.result()
+                self._skip_replica_until.pop(s, None)
             else:
                 degraded.extend(n for n in self.layout.names_of(s) if n not in degraded)
+                retry_s = self.config.router.shard_retry_s
+                if retry_s > 0:
+                    self._skip_replica_until[s] = time.monotonic() + retry_s
         return results
 
     async def _lookup(

@@ -227,6 +227,37 @@ async def test_a_hung_shard_costs_the_shard_timeout_not_the_whole_deadline(world
     assert answer.degraded == ["shard-2"] and len(answer.items) == 10
 
 
+async def test_a_failed_replica_is_skipped_for_shard_retry_s_then_tried_again(world):
+    config = AppConfig(router=RouterConfig(shard_timeout_ms=100, shard_retry_s=0.3))
+    core = make_core(world, delays=(0, 0, 30, 0), config=config)
+    hung = core.shards[2]
+    calls = []
+    real = hung.search_ids
+
+    async def counted(*args):
+        calls.append(time.perf_counter())
+        return await real(*args)
+
+    hung.search_ids = counted
+    request = RecommendRequest(query="3", k=5, deadline_ms=5000)
+    first = await core.recommend(request)
+    assert first.degraded == ["shard-2"] and len(calls) == 1
+    started = time.perf_counter()
+    second = await core.recommend(request)  # within shard_retry_s: not called, no wait
+    assert time.perf_counter() - started < 0.09
+    assert second.degraded == ["shard-2"] and len(second.items) == 5 and len(calls) == 1
+    await asyncio.sleep(0.3)
+    hung.delay = 0.0  # back
+    third = await core.recommend(request)
+    assert third.degraded == [] and len(calls) == 2
+    always = AppConfig(router=RouterConfig(shard_timeout_ms=100, shard_retry_s=0))
+    waiting = make_core(world, delays=(0, 0, 30, 0), config=always)
+    for _ in range(2):
+        started = time.perf_counter()
+        assert (await waiting.recommend(request)).degraded == ["shard-2"]
+        assert time.perf_counter() - started >= 0.09  # waits the timeout every time
+
+
 async def test_a_dead_or_hung_encoder_costs_the_query_only(world):
     async def dead(text: str) -> np.ndarray:
         raise BackendUnavailable("Encoder did not answer")

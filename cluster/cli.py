@@ -43,6 +43,7 @@ BENCH_MODULES: list[str] = [
     "cluster.bench.reranker",
     "cluster.bench.pipeline",
     "cluster.bench.store",
+    "cluster.bench.collab",
 ]
 
 DEMO_DATA = "data/demo"

@@ -6,7 +6,9 @@ are the summed similarities of their history's neighbours. Its `popularity`
 ranks items by distinct users, for cold users with no history. `AlsModel` is
 implicit-feedback matrix factorisation (the `implicit` library's ALS on CPU);
 a user's factor is solved from their history at request time, so users unseen
-at fit time and request-time histories work the same way.
+at fit time and request-time histories work the same way. `FactorIndex`
+searches ALS's item factors by inner product, so a user's best items are
+found without scoring the whole catalog.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-__all__ = ["AlsModel", "ItemKNN", "user_item_matrix"]
+__all__ = ["AlsModel", "FactorIndex", "ItemKNN", "user_item_matrix"]
 
 
 class ItemKNN:
@@ -65,10 +68,24 @@ class ItemKNN:
 
     def scores(self, history: Sequence[str]) -> np.ndarray:
         """Summed neighbour similarity of every catalog item (`item_ids` order) to `history`."""
+        positions, values = self.sparse_scores(history)
+        out = np.zeros(len(self.item_ids), dtype=np.float32)
+        out[positions] = values
+        return out
+
+    def sparse_scores(self, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`scores(history)` where it can be nonzero: (catalog positions, ascending; float32
+        summed similarities), the union of the history items' neighbour lists.
+
+        Each sum is taken in history order in the neighbours' dtype, as a dense sum over the
+        history's rows would, so both give the same bits.
+        """
         rows = [self.index[i] for i in history if i in self.index]
-        if not rows:
-            return np.zeros(len(self.item_ids), dtype=np.float32)
-        return np.asarray(self.neighbours[rows].sum(axis=0), dtype=np.float32).ravel()
+        picked = self.neighbours[rows]
+        positions, slot = np.unique(picked.indices, return_inverse=True)
+        sums = np.zeros(len(positions), dtype=picked.data.dtype)
+        np.add.at(sums, slot, picked.data)
+        return positions.astype(np.int64), sums.astype(np.float32)
 
     def recommend(
         self, history: Sequence[str], n: int, exclude: Iterable[str] = ()
@@ -193,15 +210,22 @@ class AlsModel:
 
     def scores(self, history: Sequence[str]) -> np.ndarray:
         """ALS score of every catalog item (`item_ids` order) for a user with `history`."""
+        user = self.user_factor(history)
+        if user is None:
+            return np.zeros(len(self.item_ids), dtype=np.float32)
+        return (self.item_factors @ user).astype(np.float32)
+
+    def user_factor(self, history: Sequence[str]) -> np.ndarray | None:
+        """The factor (float32) ALS solves for a user with `history`; None when the model
+        knows none of its items. An item's score is its factor dotted with this one."""
         cols = sorted({self.index[i] for i in history if i in self.index})
         if not cols:
-            return np.zeros(len(self.item_ids), dtype=np.float32)
+            return None
         row = sp.csr_matrix(
             (np.ones(len(cols), np.float32), ([0] * len(cols), cols)),
             shape=(1, len(self.item_ids)),
         )
-        user = self._model.recalculate_user(0, row)
-        return (self.item_factors @ user).astype(np.float32)
+        return np.asarray(self._model.recalculate_user(0, row), dtype=np.float32)
 
     def recommend(
         self, history: Sequence[str], n: int, exclude: Iterable[str] = ()
@@ -213,6 +237,52 @@ class AlsModel:
         scores[[self.index[i] for i in exclude if i in self.index]] = 0.0
         top = np.argsort(-scores, kind="stable")[:n]
         return [(self.item_ids[i], float(scores[i])) for i in top if scores[i] > 0]
+
+
+class FactorIndex:
+    """Maximum inner product search over item factors (row i: catalog position i).
+
+    Only the rows with a nonzero factor are indexed (ALS leaves the factor of an
+    item nobody took at 0, and a zero row scores 0 for every user, so it is never a
+    best item). Up to `exact_max_items` of them the search is exact (a flat
+    inner-product index); above, an HNSW graph over inner product (`hnsw_m` links
+    per row) answers approximately: `ef_search` (at least the `k` asked for) trades
+    recall for time. The graph is built here, on every core FAISS uses, and holds
+    about `8 * hnsw_m` bytes a row beside its copy of the factors.
+    """
+
+    def __init__(
+        self,
+        factors: np.ndarray,
+        *,
+        exact_max_items: int = 200_000,
+        hnsw_m: int = 32,
+        ef_search: int = 128,
+    ) -> None:
+        factors = np.ascontiguousarray(factors, dtype=np.float32)
+        self.positions = np.flatnonzero(np.any(factors != 0, axis=1))
+        """Catalog position of each indexed row."""
+        self.exact = len(self.positions) <= exact_max_items
+        self.ef_search = ef_search
+        dim = factors.shape[1]
+        if self.exact:
+            self._index: faiss.Index = faiss.IndexFlatIP(dim)
+        else:
+            self._index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        self._index.add(factors[self.positions])
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to `k` (catalog positions, int64; inner products, float32) best first."""
+        k = min(k, len(self.positions))
+        if k <= 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        params = None if self.exact else faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k))
+        scores, rows = self._index.search(query.reshape(1, -1).astype(np.float32), k, params=params)
+        found = rows[0] >= 0
+        return self.positions[rows[0][found]], scores[0][found]
 
 
 def user_item_matrix(interactions: pa.Table, item_ids: Sequence[str]) -> sp.csr_matrix:

@@ -426,6 +426,13 @@ class RouterConfig(_Placed):
     """ALS candidates per request (when the index has `als.npz`)."""
     ease_candidates: int = Field(50, ge=0, le=1000)
     """EASE candidates per request (when the index has `ease.npz`)."""
+    als_exact_max_items: int = Field(200_000, ge=0)
+    """Up to this many items with a nonzero ALS factor, the ALS candidates are the exact
+    best (a flat inner-product search); above it, an HNSW graph built when the router loads
+    the model proposes them, approximately (`retrieval.collab.FactorIndex`)."""
+    als_ef_search: int = Field(128, ge=1, le=10_000)
+    """Breadth of the HNSW search for ALS candidates (at least the results it asks for):
+    higher finds more of the exact best, slower; unused by the exact search."""
     ease_half_life: float = Field(5.0, gt=0)
     """Recency weighting of the EASE score: an interaction this many steps back counts half."""
     ann_weight: float = Field(0.5, ge=0, le=10)

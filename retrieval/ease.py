@@ -39,8 +39,8 @@ class EaseModel:
     """EASE item-item weights over the catalog's most popular items, saved as one `.npz`.
 
     `item_ids` is the whole catalog (the order of `scores`); `kept` holds the
-    catalog positions of the modelled items and `weights` their B (float32,
-    `len(kept)` square, zero diagonal). Items outside `kept` score 0.
+    catalog positions of the modelled items, ascending, and `weights` their B
+    (float32, `len(kept)` square, zero diagonal). Items outside `kept` score 0.
     """
 
     def __init__(self, item_ids: Sequence[str], kept: np.ndarray, weights: np.ndarray) -> None:
@@ -49,6 +49,8 @@ class EaseModel:
         self.weights = np.ascontiguousarray(weights, dtype=np.float32)
         if self.weights.shape != (len(self.kept), len(self.kept)):
             raise ValueError(f"weights {self.weights.shape} for {len(self.kept)} kept items")
+        if np.any(np.diff(self.kept) <= 0):
+            raise ValueError("kept positions must be ascending and distinct")
         self.position = {self.item_ids[c]: p for p, c in enumerate(self.kept.tolist())}
         self.index = {item_id: i for i, item_id in enumerate(self.item_ids)}
         """Catalog position of every item: where it is in `scores`."""
@@ -125,6 +127,17 @@ class EaseModel:
         model are ignored; an item repeated in the history counts once, with
         its largest weight (training counts repeated events once too).
         """
+        positions, values = self.sparse_scores(history, weights)
+        out = np.zeros(len(self.item_ids), dtype=np.float32)
+        out[positions] = values
+        return out
+
+    def sparse_scores(
+        self, history: Sequence[str], weights: Sequence[float] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`scores(history, weights)` at the modelled items only, every other item's being 0:
+        (catalog positions, ascending: `kept`; float32 scores), empty when no history item
+        is modelled."""
         if weights is not None and len(weights) != len(history):
             raise ValueError(f"{len(weights)} weights for a history of {len(history)}")
         w = np.ones(len(history)) if weights is None else np.asarray(weights, np.float64)
@@ -133,9 +146,8 @@ class EaseModel:
             row = self.position.get(item_id)
             if row is not None:
                 by_row[row] = max(weight, by_row.get(row, weight))
-        out = np.zeros(len(self.item_ids), dtype=np.float32)
-        if by_row:
-            rows = np.fromiter(by_row, dtype=np.int64, count=len(by_row))
-            coef = np.fromiter(by_row.values(), dtype=np.float32, count=len(by_row))
-            out[self.kept] = coef @ self.weights[rows]
-        return out
+        if not by_row:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        rows = np.fromiter(by_row, dtype=np.int64, count=len(by_row))
+        coef = np.fromiter(by_row.values(), dtype=np.float32, count=len(by_row))
+        return self.kept, coef @ self.weights[rows]

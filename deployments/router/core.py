@@ -18,7 +18,9 @@ The stages and their deadline rules:
    Item-kNN, ALS and EASE candidates join; every candidate gets the features
    of `retrieval.fusion` (cosine, item-kNN, ALS, popularity, EASE) and their
    weighted sum, or the learned fusion's score of them (`retrieval.ltr`), is
-   its score. Cold users with no query get popularity.
+   its score. The collaborative scores are kept to what the history touches
+   (`retrieval.user_scores`): no stage scores every catalog item. Cold users
+   with no query get popularity.
 4. rerank the top candidates with the LLM, then explain the final items in
    prompts that repeat the rerank prompt (its lettered candidates first);
    both calls carry the deadline, which the reranker sizes its work to. Either
@@ -59,13 +61,20 @@ from deployments.reranker.core import Explanation, RerankOutcome
 from deployments.reranker.prompts import Candidate, PromptContext
 from deployments.router.schemas import RecommendedItem, RecommendRequest, RecommendResponse
 from deployments.router.store import MemoryStore, UserStore
-from retrieval.collab import AlsModel, ItemKNN
+from retrieval.collab import AlsModel, FactorIndex, ItemKNN
 from retrieval.config import AppConfig
 from retrieval.ease import EaseModel
 from retrieval.fusion import FEATURES, FusionWeights
 from retrieval.merge import merge_top_k
 from retrieval.profiles import blend_query, recency_weights, user_profile
 from retrieval.shards import Found, Hit, ShardLayout
+from retrieval.user_scores import (
+    UserScores,
+    als_scores,
+    ease_scores,
+    item_knn_scores,
+    positions_of,
+)
 
 __all__ = [
     "Answer",
@@ -133,6 +142,19 @@ _STAGE_ERRORS = (TimeoutError, BackendFailed, QueueFull, DeadlineExceeded)
 timeouts and the project's failure family (`BackendUnavailable` is a `BackendFailed`)."""
 
 
+@dataclass(frozen=True)
+class _Models:
+    """The collaborative models a request scores with; `use_models` swaps them as one."""
+
+    cf: ItemKNN | None = None
+    als: AlsModel | None = None
+    ease: EaseModel | None = None
+    als_index: FactorIndex | None = None
+    """ALS's item factors, searched for its candidates."""
+    popularity: np.ndarray | None = None
+    """`cf.popularity_feature()`."""
+
+
 @dataclass
 class _Candidate:
     item_id: str
@@ -194,8 +216,8 @@ class RouterCore:
 
     `shards[g]` is retriever replica g of `layout` (default: one shard each).
     `cf` (item-kNN, also the popularity ranking), `als` and `ease` are optional; a
-    missing model contributes zero to its feature. `fusion` defaults to the
-    weights in `config.router` (see `FusionWeights.from_config`).
+    missing model contributes zero to its feature (see `use_models`). `fusion`
+    defaults to the weights in `config.router` (see `FusionWeights.from_config`).
     """
 
     def __init__(
@@ -223,9 +245,7 @@ class RouterCore:
                 f"{len(self.shards)} retriever clients for a layout of {self.layout.n_replicas}"
             )
         self.reranker = reranker
-        self.cf = cf
-        self.als = als
-        self.ease = ease
+        self.use_models(cf, als, ease)
         self.fusion = fusion if fusion is not None else FusionWeights.from_config(config.router)
         # Stored histories: the deployment's store, or a dict in memory (tests, `llmrec eval`).
         self.store = store if store is not None else MemoryStore(histories)
@@ -237,7 +257,6 @@ class RouterCore:
         self.item_rows: TTLCache[str, tuple[Hit, np.ndarray]] | None = (
             TTLCache(rc.item_cache_size, rc.item_cache_ttl_s) if rc.item_cache_size else None
         )
-        self._popularity = cf.popularity_feature() if cf is not None else None
         f = self.fusion
         # A query states what the user wants now: the cosine to the query-blended profile
         # must count at least as much as the collaborative scores, and popularity not at all.
@@ -247,10 +266,29 @@ class RouterCore:
         )
 
     def use_models(self, cf: ItemKNN | None, als: AlsModel | None, ease: EaseModel | None) -> None:
-        """Swap in collaborative models fit again (`llmrec build --incremental`); requests in
-        work finish with the ones they started with."""
-        popularity = cf.popularity_feature() if cf is not None else None
-        self.cf, self.als, self.ease, self._popularity = cf, als, ease, popularity
+        """Use these collaborative models (at start, and when `llmrec build --incremental`
+        fit them again); requests in work finish with the ones they started with.
+
+        Builds ALS's `FactorIndex` first (`router.als_exact_max_items`: seconds for an
+        HNSW graph over a large catalog, so a running replica calls this from a worker
+        thread), then swaps all the models in one assignment.
+        """
+        rc = self.config.router
+        self._models = _Models(
+            cf=cf,
+            als=als,
+            ease=ease,
+            als_index=(
+                FactorIndex(
+                    als.item_factors,
+                    exact_max_items=rc.als_exact_max_items,
+                    ef_search=rc.als_ef_search,
+                )
+                if als is not None
+                else None
+            ),
+            popularity=cf.popularity_feature() if cf is not None else None,
+        )
 
     async def recommend(
         self, req: RecommendRequest, arrived: float | None = None
@@ -483,51 +521,31 @@ class RouterCore:
                 self.item_rows.pop(item_id, None)
 
     def _collaborative(
-        self, history_ids: list[str], seen: list[str]
-    ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-        """Per model (`cf`, `als`, `ease`): its normalised score of every item and its top items.
+        self, models: _Models, history_ids: list[str], seen: list[str]
+    ) -> dict[str, UserScores]:
+        """Per model (`cf`, `als`, `ease`) that scores an unseen item above 0: its normalised
+        scores and its proposals (`retrieval.user_scores`).
 
         Scores are divided by the user's best unseen score (clipped at 0), so 1.0
         is the model's favourite and seen items score 0. EASE scores the history
         recency-weighted (`router.ease_half_life`).
         """
         cfg = self.config.router
-        normalised: dict[str, np.ndarray] = {}
-        tops: dict[str, list[str]] = {}
-        sources = (
-            ("cf", cfg.cf_candidates),
-            ("als", cfg.als_candidates),
-            ("ease", cfg.ease_candidates),
-        )
-        for name, n in sources:
-            model = self._models[name]
-            if model is None or not history_ids:
-                continue
-            if name == "ease":
-                raw = model.scores(
-                    history_ids, recency_weights(len(history_ids), cfg.ease_half_life)
-                )
-            else:
-                raw = model.scores(history_ids)
-            scores = np.maximum(raw, 0.0)
-            known = _positions(model.index, seen)
-            scores[known[known >= 0]] = 0.0
-            top = float(scores.max()) if len(scores) else 0.0
-            if top <= 0:
-                continue
-            normalised[name] = scores = scores / top
-            tops[name] = [model.item_ids[i] for i in _top_positions(scores, n) if scores[i] > 0]
-        return normalised, tops
-
-    @property
-    def _models(self) -> dict[str, ItemKNN | AlsModel | EaseModel | None]:
-        return {"cf": self.cf, "als": self.als, "ease": self.ease}
-
-    def _popularity_of(self, item_id: str) -> float:
-        if self._popularity is None or self.cf is None:
-            return 0.0
-        pos = self.cf.index.get(item_id)
-        return float(self._popularity[pos]) if pos is not None else 0.0
+        if not history_ids:
+            return {}
+        scored: dict[str, UserScores | None] = {}
+        if models.cf is not None:
+            scored["cf"] = item_knn_scores(models.cf, history_ids, seen, cfg.cf_candidates)
+        if models.als is not None and models.als_index is not None:
+            scored["als"] = als_scores(
+                models.als, models.als_index, history_ids, seen, cfg.als_candidates
+            )
+        if models.ease is not None:
+            weights = recency_weights(len(history_ids), cfg.ease_half_life)
+            scored["ease"] = ease_scores(
+                models.ease, history_ids, weights, seen, cfg.ease_candidates
+            )
+        return {name: scores for name, scores in scored.items() if scores is not None}
 
     async def _retrieve(
         self,
@@ -543,8 +561,9 @@ class RouterCore:
     ) -> list[_Candidate]:
         """The fused pool; only its best `rows_for` carry their rows (the rest: `hit` None)."""
         n = max(k, self.config.retriever.candidates)
-        normalised, tops = self._collaborative(history_ids, seen)
-        proposed = list(dict.fromkeys(i for ids in tops.values() for i in ids))
+        models = self._models  # the same models for the whole request, even across a swap
+        collaborative = self._collaborative(models, history_ids, seen)
+        proposed = list(dict.fromkeys(i for s in collaborative.values() for i in s.top))
         # One call per replica: its nearest items (without the seen ones its shards own)
         # and the cosine of the collaborative proposals they hold, ids and scores only.
         seen_by_replica, asked = self._by_replica(seen), self._by_replica(proposed)
@@ -570,12 +589,12 @@ class RouterCore:
         features = np.zeros((len(item_ids), len(FEATURES)), dtype=np.float64)
         features[:, _ANN] = [ann.get(i, cosine.get(i, 0.0)) for i in item_ids]
         for column, name in ((_KNN, "cf"), (_ALS, "als"), (_EASE, "ease")):
-            if name in normalised:
-                features[:, column] = _gather(normalised[name], self._models[name].index, item_ids)
-        if self._popularity is not None:
-            features[:, _POP] = _gather(self._popularity, self.cf.index, item_ids)
+            if name in collaborative:
+                features[:, column] = collaborative[name].of(item_ids)
+        if models.cf is not None and models.popularity is not None:
+            features[:, _POP] = _gather(models.popularity, models.cf.index, item_ids)
         scores = weights.score(features, len(history_ids))
-        proposers = {source: set(ids) for source, ids in tops.items()}
+        proposers = {source: set(s.top) for source, s in collaborative.items()}
         pool = [
             _Candidate(
                 item_id=item_id,
@@ -610,11 +629,12 @@ class RouterCore:
         clock: _Clock,
         degraded: list[str],
     ) -> list[_Candidate]:
-        if self.cf is None:
+        models = self._models
+        if models.cf is None or models.popularity is None:
             raise Unavailable("no history, no query and no popularity model for this index")
         want = max(k, self.config.retriever.candidates)
         # With a category filter, read further down the ranking so k can still be filled.
-        ranked = self.cf.most_popular(want * (20 if categories else 1), exclude=seen)
+        ranked = models.cf.most_popular(want * (20 if categories else 1), exclude=seen)
         rows = await self._lookup([i for i, _ in ranked], clock, degraded)
         top = ranked[0][1] if ranked else 1.0
         out = []
@@ -628,7 +648,9 @@ class RouterCore:
                 _Candidate(
                     item_id=item_id,
                     hit=hit,
-                    features=_popularity_features(self._popularity_of(item_id)),
+                    features=_popularity_features(
+                        float(models.popularity[models.cf.index[item_id]])
+                    ),
                     sources=["popular"],
                     score=pop / top,
                 )
@@ -723,30 +745,10 @@ def _context(history: list[Hit], query: str | None, candidates: list[_Candidate]
     )
 
 
-def _positions(index: dict[str, int], item_ids: Sequence[str]) -> np.ndarray:
-    """The positions of `item_ids` in `index`, -1 for ids it does not know."""
-    return np.fromiter((index.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
-
-
 def _gather(values: np.ndarray, index: dict[str, int], item_ids: list[str]) -> np.ndarray:
     """`values` at the positions of `item_ids` in `index`; 0 for ids it does not know."""
-    pos = _positions(index, item_ids)
+    pos = positions_of(index, item_ids)
     return np.where(pos >= 0, values[np.maximum(pos, 0)], 0.0)
-
-
-def _top_positions(scores: np.ndarray, n: int) -> np.ndarray:
-    """Positions of the `n` highest scores, best first (ties by position), without a full sort."""
-    if n <= 0:
-        return np.empty(0, dtype=np.int64)
-    if n < len(scores):
-        part = np.argpartition(-scores, n - 1)[:n]
-        # argpartition leaves ties at the cut arbitrary: take every score equal to the n-th.
-        cut = scores[part].min()
-        part = np.flatnonzero(scores >= cut)
-    else:
-        part = np.arange(len(scores))
-    order = np.lexsort((part, -scores[part]))
-    return part[order][:n]
 
 
 def _popularity_features(popularity: float) -> np.ndarray:

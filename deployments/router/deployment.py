@@ -206,8 +206,8 @@ class Router:
             return
         self._reloading = True
         try:
-            models = await asyncio.to_thread(self._load_models)
-            self.core.use_models(**models)
+            # In a worker thread: loading, and building the ALS index, take seconds.
+            await asyncio.to_thread(lambda: self.core.use_models(**self._load_models()))
             log.info("collaborative models reloaded from %s", self.config.index_path)
         except (OSError, ValueError) as exc:  # a file mid-replace: try again next time
             log.warning("could not reload the collaborative models: %s", exc)

@@ -550,14 +550,15 @@ async def test_unknown_items_are_not_cached_and_the_cache_can_be_off(world):
 
 
 def test_top_positions_match_a_stable_full_sort_and_gather_reads_known_ids():
-    from deployments.router.core import _gather, _top_positions
+    from deployments.router.core import _gather
+    from retrieval.user_scores import top_positions
 
     rng = np.random.default_rng(5)
     for _ in range(50):
         scores = rng.integers(0, 6, size=int(rng.integers(1, 300))).astype(np.float32) / 5
         for n in (0, 1, 7, 50, 400):
             expected = np.argsort(-scores, kind="stable")[:n]
-            np.testing.assert_array_equal(_top_positions(scores, n), expected)
+            np.testing.assert_array_equal(top_positions(scores, n), expected)
     values = np.array([0.5, 0.25, 1.0])
     got = _gather(values, {"a": 0, "b": 1, "c": 2}, ["c", "x", "a", "c"])
     np.testing.assert_array_equal(got, [1.0, 0.0, 0.5, 1.0])

@@ -46,7 +46,7 @@ DEFAULT_TARGETS = ("Encoder", "ShardRetriever", "Reranker")
 def cmd_chaos(args: argparse.Namespace) -> int:
     if args.nodes:
         return _node_chaos(args)
-    _, cfg = local.render_serve_config(args.config, data_dir=Path(args.data) if args.data else None)
+    _, cfg = local.render_serve_config(args.config, data_dir=args.data or None)
     code, _ = local.health(args.url)
     if code != 200:
         console.print(f"[red]error:[/] {args.url}/v1/health is not ready (`llmrec up` first)")
@@ -97,7 +97,7 @@ def _node_chaos(args: argparse.Namespace) -> int:
 
     report = node_kill_run(
         args.config,
-        data_dir=Path(args.data) if args.data else None,
+        data_dir=args.data or None,
         workers=args.nodes,
         duration_s=args.duration,
         steady_s=args.steady,

@@ -110,7 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from cluster import local
 
-    _, cfg = local.render_serve_config(args.config, data_dir=Path(args.data))
+    _, cfg = local.render_serve_config(args.config, data_dir=args.data)
     opts = _options(args)
     data = cfg.data_path
     catalog = pq.read_table(data / "catalog.parquet", columns=["item_id"])

@@ -200,7 +200,7 @@ def cmd_overload(args: argparse.Namespace) -> int:
     """`--overload`: capacity closed loop, then `--overload-factor` times it open loop."""
     scenario = _scenario(args)
     url = check_target(args.url, args.allow_host)
-    _, cfg = local.render_serve_config(args.config, data_dir=Path(args.data) if args.data else None)
+    _, cfg = local.render_serve_config(args.config, data_dir=args.data or None)
     traffic = _traffic(cfg.data_path, scenario)
     console.print(
         f"overload: measuring capacity for {args.capacity_s:.0f} s, then "
@@ -267,7 +267,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     overrides = parse_sets(args.set)
     data = args.data or (DEMO_DATA if args.demo else None)
     _, cfg = local.render_serve_config(
-        args.config, data_dir=Path(data) if data else None, overrides=overrides
+        args.config, data_dir=data or None, overrides=overrides
     )
     out = Path(args.out or f"out/loadtest/{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     notes = _Notes(None)

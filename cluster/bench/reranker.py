@@ -470,7 +470,7 @@ def cmd_bench_reranker(args: argparse.Namespace) -> int:
         return 0
     from cluster import local
 
-    _, cfg = local.render_serve_config(args.config, data_dir=Path(args.data) if args.data else None)
+    _, cfg = local.render_serve_config(args.config, data_dir=args.data or None)
     overrides = dict(item.split("=", 1) for item in args.set)
     variants = [
         Variant(v.name, {**v.overrides, **overrides}, v.shared_prefix, v.abort_expired)

@@ -266,9 +266,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     scenario = _scenario(args)
     overrides = parse_sets(args.set)
     data = args.data or (DEMO_DATA if args.demo else None)
-    _, cfg = local.render_serve_config(
-        args.config, data_dir=data or None, overrides=overrides
-    )
+    _, cfg = local.render_serve_config(args.config, data_dir=data or None, overrides=overrides)
     out = Path(args.out or f"out/loadtest/{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     notes = _Notes(None)
     started = False
@@ -295,20 +293,18 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
             from retrieval.build import prepare_demo
 
             prepare_demo(cfg, log=console.print)
-        nodes = None
         if args.nodes:  # a head and worker nodes of this run's own (cluster/nodes.py)
-            nodes = _start_nodes(args.nodes)
             overrides = local.merge_overrides(
                 overrides, {"retriever": {"resources": {SHARD_RESOURCE: SHARD_REPLICA_UNITS}}}
             )
-            resources: dict[str, float] | None = {"CPU": float(NODE_CPUS * (args.nodes + 1))}
+            resources: dict[str, float] | None = {"CPU": float(NODE_CPUS * (args.nodes + 2))}
         else:
             resources = local.cluster_resources()
             if resources is None and not args.demo:
                 raise LoadtestError(
                     "no Ray cluster runs here: start one with `llmrec up`, pass --demo or --nodes"
                 )
-        started = resources is None or nodes is not None
+        started = resources is None or bool(args.nodes)
         gpus = resources.get("GPU", 0) if resources else local_gpus()
         gpu_standin = not gpus
         plan = plan_points(
@@ -328,22 +324,6 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
                 f"largest point asks for ~{need}. Restart it with more (`llmrec down`, then "
                 f"`llmrec loadtest --demo …` starts one sized for the sweep).[/]"
             )
-        deployer = ServeDeployer(
-            args.config,
-            cfg.data_path,
-            overrides,
-            {p.label: o for p, o in plan},
-            rerank=cfg.reranker.enabled,
-            num_cpus=need,
-            dashboard=nodes.dashboard if nodes else args.dashboard,
-            timeout_s=args.deploy_timeout,
-            notes=notes,
-            address=nodes.dashboard if nodes else None,
-            # One proxy: every node of this machine would bind the same HTTP port.
-            serve_overrides={"proxy_location": "HeadOnly", "http_options": {"port": free_port()}}
-            if nodes
-            else None,
-        )
         traffic = _traffic(cfg.data_path, scenario)
         points = [p for p, _ in plan]
         layout = capacity_layout(cfg, n_shards, float(os.cpu_count() or 1))
@@ -352,7 +332,23 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
             before = next(
                 (c for c in local.serve_app_configs(args.dashboard) if c["name"] == APP_NAME), None
             )
+        nodes = _start_nodes(args.nodes) if args.nodes else None
+        # One proxy on a cluster of this machine: every node would bind the same HTTP port.
+        own = {"proxy_location": "HeadOnly", "http_options": {"port": free_port()}}
         try:
+            deployer = ServeDeployer(
+                args.config,
+                cfg.data_path,
+                overrides,
+                {p.label: o for p, o in plan},
+                rerank=cfg.reranker.enabled,
+                num_cpus=need,
+                dashboard=nodes.dashboard if nodes else args.dashboard,
+                timeout_s=args.deploy_timeout,
+                notes=notes,
+                address=nodes.dashboard if nodes else None,
+                serve_overrides=own if nodes else None,
+            )
             results, error = _run(
                 args, scenario, traffic, out, points, deployer, notes, ServeCpuProbe(APP_NAME)
             )

@@ -51,9 +51,6 @@ class WorkerNode:
                     return proc
         return None
 
-    def alive(self) -> bool:
-        return self.raylet() is not None
-
     def kill(self) -> str:
         """SIGKILL the raylet and every process under it (its agents and workers, the
         replicas among them). Returns what was killed."""

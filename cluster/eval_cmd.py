@@ -15,10 +15,11 @@ nothing of a target leaks. With `--url`, the running service is asked instead
 when the service's collaborative models were built without the targets:
 `--write-split OUT` writes such a train-only dataset to build and serve.
 
-`--tune` picks the fusion weights on a validation split (the second-to-last
-interaction, models fit on the log without the last two), trains a learned
-fusion (LambdaRank) kept only when it beats them on held-out validation users
-by more than the bootstrap interval, and the LLM's share of the rerank blend
+`--tune` picks the fusion weights and the profile's half-life on a validation
+split (the second-to-last interaction, models fit on the log without the last
+two), trains a learned fusion (LambdaRank) kept only when it beats them on
+held-out validation users by more than the bootstrap interval, and the LLM's
+share of the rerank blend
 on a seeded subsample of validation users, then writes them to
 `index/fusion.json` (and `index/fusion_ltr.txt`), which the router reads at start.
 """
@@ -85,10 +86,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--sequential-budget",
         type=float,
-        default=60.0,
+        default=None,
         metavar="SECONDS",
-        help="training time of the sequential baseline (self-attention over the history); "
-        "0 skips it",
+        help="training time of the sequential model (self-attention over the history), the "
+        "pipeline's source and a baseline (default: router.sequential_budget_s, 60); 0 fits none",
     )
     s.add_argument(
         "--attack",
@@ -182,13 +183,17 @@ def _print(result: dict[str, Any]) -> None:
         console.print(f"rerank: skipped ({rr['skipped']})")
     lift_key = f"ndcg_at_{k}_lift"
     vs = result.get("vs_best_baseline")
-    if vs:
-        low, high = vs[lift_key]["ci"]
-        console.print(
-            f"pipeline against the best baseline ({vs['baseline']}) in NDCG@{k}, paired over "
-            f"{vs[lift_key]['users']} users: {vs[lift_key]['mean']:+.4f} "
-            f"(95% bootstrap interval {low:+.4f} to {high:+.4f})"
-        )
+    for name, key, baseline in (
+        ("NDCG", lift_key, "baseline"),
+        ("Recall", f"recall_at_{k}_lift", "recall_baseline"),
+    ):
+        if vs and key in vs:
+            low, high = vs[key]["ci"]
+            console.print(
+                f"pipeline against the best baseline ({vs[baseline]}) in {name}@{k}, paired "
+                f"over {vs[key]['users']} users: {vs[key]['mean']:+.4f} "
+                f"(95% bootstrap interval {low:+.4f} to {high:+.4f})"
+            )
     lift = rr.get(lift_key)
     if lift:
         low, high = lift["ci"]
@@ -199,19 +204,24 @@ def _print(result: dict[str, Any]) -> None:
             f"for {cost:+.1f} ms p50 per request (one request at a time)"
         )
     f = result["fusion"]
-    console.print("fusion weights: " + ", ".join(f"{n}={f[n]}" for n in (*FEATURES, "rerank")))
+    console.print(
+        "fusion weights: "
+        + ", ".join(f"{n}={f[n]}" for n in (*FEATURES, "rerank", "profile_half_life"))
+    )
     learned = (result.get("tuning") or {}).get("learned")
     if learned and "skipped" in learned:
         console.print(f"learned fusion: skipped ({learned['skipped']})")
     elif learned:
-        held = learned[f"held_out_ndcg_at_{k}"]
+        held = learned[f"out_of_fold_ndcg_at_{k}"]
         low, high = learned["lift"]["ci"]
-        verdict = "kept" if learned["kept"] else "not kept: the interval reaches 0, weights stay"
+        verdict = (
+            "kept" if learned["kept"] else "not kept: the interval is not above 0, weights stay"
+        )
         console.print(
-            f"learned fusion (LambdaRank, {learned['rounds']} rounds, fit on "
-            f"{learned['fit_users']} validation users): NDCG@{k} {held['learned']:.4f} against "
-            f"the weights' {held['grid']:.4f} on {learned['held_out_users']} held-out "
-            f"validation users (paired lift 95% interval {low:+.4f} to {high:+.4f}), {verdict}"
+            f"learned fusion (LambdaRank, {learned['rounds']} rounds, {learned['folds']}-fold "
+            f"cross-fitted over {learned['users']} validation users): NDCG@{k} "
+            f"{held['learned']:.4f} against the weights' {held['grid']:.4f} out of fold "
+            f"(paired lift 95% interval {low:+.4f} to {high:+.4f}), {verdict}"
         )
     elif f.get("learned"):
         console.print(f"learned fusion: {f['learned']} (orders history requests)")

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 from rich.console import Console
 from tqdm import tqdm
 
@@ -45,6 +46,7 @@ from deployments.router.schemas import RecommendRequest
 from retrieval.build import Collaborative, fit_collaborative
 from retrieval.config import SEARCH_KNOBS, AppConfig, resolve_path
 from retrieval.evaluate import (
+    PROFILE_HALF_LIFE_GRID,
     AlsRanker,
     ContentRanker,
     EaseRanker,
@@ -62,7 +64,13 @@ from retrieval.evaluate import (
 )
 from retrieval.fusion import FUSION_NAME, FusionWeights, load_fusion, save_fusion
 from retrieval.ltr import tune_learned_fusion
-from retrieval.metrics import latency_summary, paired_bootstrap, per_user_ndcg, score_rankings
+from retrieval.metrics import (
+    latency_summary,
+    paired_bootstrap,
+    per_user_ndcg,
+    per_user_recall,
+    score_rankings,
+)
 from retrieval.shards import Found, Hit, Shard, load_manifest
 from retrieval.split import Split, leave_last_out
 
@@ -104,15 +112,17 @@ class EvalOptions:
     attack_users: int = 0
     """Users (seeded sample) whose candidates get a prompt-injection attack (`attack_eval`),
     reranked with the injection guard off and on; 0 skips."""
-    sequential_budget: float = 60.0
-    """Seconds the sequential baseline may train (`retrieval.sequential`); 0 skips it."""
+    sequential_budget: float | None = None
+    """Seconds the sequential model may train (`retrieval.sequential`), for the pipeline's
+    source and its baseline alike; None: `router.sequential_budget_s`, as `llmrec build`;
+    0 fits none."""
     progress: bool = True
     """Progress bars and the engine spinner."""
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.depth < self.k:
             raise ValueError("need 1 <= k <= depth (--k, --depth)")
-        if self.sequential_budget < 0:
+        if self.sequential_budget is not None and self.sequential_budget < 0:
             raise ValueError("--sequential-budget must be >= 0 seconds")
         if self.url and self.tune:
             raise ValueError("--tune runs in-process; drop --url (then serve the tuned index)")
@@ -200,6 +210,7 @@ class _World:
             cf=models.cf,
             als=models.als,
             ease=models.ease,
+            sequential=models.sequential,
             fusion=fusion,
         )
 
@@ -275,7 +286,7 @@ async def evaluate(
         else:
             stored = load_fusion(cfg.index_path) if cfg.router.use_tuned_fusion else None
             fusion = stored or FusionWeights.from_config(cfg.router)
-        models = fit_collaborative(split.train, item_ids)
+        models = _fit(opts, cfg, split.train, item_ids)
         result: dict[str, Any] = {
             "k": opts.k,
             "users": len(users),
@@ -317,10 +328,10 @@ async def evaluate(
                 item_ids,
                 np.stack([world.vectors[i] for i in item_ids]),
                 pop,
-                half_life=cfg.router.history_half_life,
+                half_life=fusion.profile_half_life or cfg.router.history_half_life,
                 max_history=cfg.router.max_history,
             ),
-            *_sequential_baseline(opts, split, item_ids, pop),
+            *([SequentialRanker(models.sequential, pop)] if models.sequential else []),
         ):
             ranked, secs = rank_all(ranker, users, split.histories, opts.depth, progress=progress)
             entry = score_rankings(ranked, split.targets, opts.k, n_items).to_json()
@@ -339,19 +350,16 @@ async def evaluate(
             world.engine.shutdown()
 
 
-def _sequential_baseline(
-    opts: EvalOptions, split: Split, item_ids: list[str], popularity: np.ndarray
-) -> list[SequentialRanker]:
-    """The sequential model fit on the split's training log within the time budget (none
-    when the budget is 0)."""
-    if opts.sequential_budget <= 0:
-        return []
-    from retrieval.sequential import SequentialModel
-
-    model = SequentialModel.fit(
-        split.train, item_ids, time_budget_s=opts.sequential_budget, progress=opts.progress
+def _fit(opts: EvalOptions, cfg: AppConfig, train: pa.Table, item_ids: list[str]) -> Collaborative:
+    """The collaborative models `llmrec build` fits, on `train` only; the sequential model
+    gets `--sequential-budget` seconds (default: the config's, as the build)."""
+    budget = opts.sequential_budget
+    return fit_collaborative(
+        train,
+        item_ids,
+        sequential_budget_s=cfg.router.sequential_budget_s if budget is None else budget,
+        progress=opts.progress,
     )
-    return [SequentialRanker(model, popularity)]
 
 
 def _versus_best(
@@ -361,19 +369,24 @@ def _versus_best(
     baselines: dict[str, dict[str, list[str]]],
     result: dict[str, Any],
 ) -> dict[str, Any]:
-    """The pipeline's NDCG@k lift over the best baseline (by NDCG@k), paired by user,
-    with its bootstrap interval: a lift whose interval excludes 0 is one the users support."""
-    key = f"ndcg_at_{opts.k}"
-    best = max(baselines, key=lambda name: result["baselines"][name][key])
-    users = [u for u in rankings if u in baselines[best]]
-    mine = per_user_ndcg({u: rankings[u] for u in users}, split.targets, opts.k)
-    theirs = per_user_ndcg({u: baselines[best][u] for u in users}, split.targets, opts.k)
-    return {
-        "baseline": best,
-        f"{key}_lift": paired_bootstrap(
+    """The pipeline's NDCG@k lift over the best baseline by NDCG@k, and its Recall@k lift
+    over the best by Recall@k, each paired by user with its bootstrap interval: a lift whose
+    interval excludes 0 is one the users support."""
+    out: dict[str, Any] = {}
+    for metric, per_user, named in (
+        ("ndcg", per_user_ndcg, "baseline"),
+        ("recall", per_user_recall, "recall_baseline"),
+    ):
+        key = f"{metric}_at_{opts.k}"
+        best = max(baselines, key=lambda name: result["baselines"][name][key])
+        users = [u for u in rankings if u in baselines[best]]
+        mine = per_user({u: rankings[u] for u in users}, split.targets, opts.k)
+        theirs = per_user({u: baselines[best][u] for u in users}, split.targets, opts.k)
+        out[named] = best
+        out[f"{key}_lift"] = paired_bootstrap(
             [theirs[u] for u in users], [mine[u] for u in users], seed=opts.seed
-        ),
-    }
+        )
+    return out
 
 
 async def _served_rankings(
@@ -402,20 +415,40 @@ async def _served_rankings(
 async def _tune(
     opts: EvalOptions, world: _World, split: Split, item_ids: list[str]
 ) -> tuple[FusionWeights, dict[str, Any]]:
-    """Fusion weights by grid search, then the rerank weight, on the validation split."""
+    """Fusion weights and profile half-life by grid search, then the learned fusion and the
+    rerank weight, on the validation split."""
     progress = opts.progress
     val = leave_last_out(split.train, item_ids)
     val_users = sample_users(val.users, opts.users, opts.seed)
-    core = world.core(fit_collaborative(val.train, item_ids), FusionWeights())
+    core = world.core(_fit(opts, world.cfg, val.train, item_ids), FusionWeights())
 
-    async def pool(user: str) -> list[str]:
-        entries = await core.candidate_pool(_request(val.histories[user], opts.depth))
-        pools[user] = ([e.item_id for e in entries], np.asarray([e.features for e in entries]))
-        return []
+    async def pools_for(half_life: float) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Every validation user's candidate pool with a profile of this half-life."""
+        core.fusion = FusionWeights(profile_half_life=half_life)
+        pools: dict[str, tuple[list[str], np.ndarray]] = {}
 
-    pools: dict[str, tuple[list[str], np.ndarray]] = {}
-    await rank_all_async(pool, val_users, desc="val pools", progress=progress)
-    fusion, grid = tune_fusion(pools, val.targets, opts.k)
+        async def pool(user: str) -> list[str]:
+            entries = await core.candidate_pool(_request(val.histories[user], opts.depth))
+            pools[user] = ([e.item_id for e in entries], np.asarray([e.features for e in entries]))
+            return []
+
+        desc = f"val pools, half-life {half_life:g}"
+        await rank_all_async(pool, val_users, desc=desc, progress=progress)
+        return pools
+
+    # The profile's half-life changes the ANN candidates and their cosine: a pool set per value,
+    # the weight grid over each, the best pair kept.
+    best: tuple[float, FusionWeights, list, dict] | None = None
+    by_half_life: dict[str, float] = {}
+    for half_life in sorted({*PROFILE_HALF_LIFE_GRID, world.cfg.router.history_half_life}):
+        pools = await pools_for(half_life)
+        weights, table = tune_fusion(pools, val.targets, opts.k, base=core.fusion)
+        score = max(v for _, v in table)
+        by_half_life[f"{half_life:g}"] = round(score, 6)
+        if best is None or score > best[0]:
+            best = (score, weights, table, pools)
+    assert best is not None
+    _, fusion, grid, pools = best
     history_lens = {u: len(world.history_ids(val.histories[u])) for u in pools}
     learned, learned_report = tune_learned_fusion(
         pools, val.targets, history_lens, opts.k, base=fusion, seed=opts.seed
@@ -426,6 +459,8 @@ async def _tune(
         "split": "validation: second-to-last interaction, models fit without the last two",
         "users": len(val_users),
         "grid_points": len(grid),
+        f"val_ndcg_at_{opts.k}_by_profile_half_life": by_half_life,
+        "profile_half_life": fusion.profile_half_life,
         f"val_ndcg_at_{opts.k}": round(ranked_grid[0][1], 6),
         "top": [
             {"weights": [float(x) for x in w], f"ndcg_at_{opts.k}": round(v, 6)}

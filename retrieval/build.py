@@ -17,12 +17,14 @@ from retrieval.config import AppConfig, IndexBuildConfig, resolve_path
 from retrieval.ease import EaseModel
 from retrieval.encoder import Encoder
 from retrieval.injection import describe_flagged, flagged_items
+from retrieval.sequential import SequentialModel
 from retrieval.shards import Manifest, build_shards
 
 __all__ = [
     "ALS_NAME",
     "CF_NAME",
     "EASE_NAME",
+    "SEQUENTIAL_NAME",
     "Collaborative",
     "build_from_config",
     "describe_build",
@@ -32,6 +34,7 @@ __all__ = [
     "load_als",
     "load_cf",
     "load_ease",
+    "load_sequential",
     "refit_collaborative",
     "prepare_demo",
 ]
@@ -44,6 +47,10 @@ EASE_NAME = "ease.npz"
 EASE_MAX_ITEMS = 10_000
 """EASE models the catalog's most active items only: its weights are dense, 4 bytes per
 pair (10k items: 400 MB in each router replica)."""
+SEQUENTIAL_NAME = "sequential.npz"
+SEQUENTIAL_MAX_ITEMS = 200_000
+"""Above this many items no sequential model is fit: the router scores the whole catalog
+with it on every request (a few ms at 200k items)."""
 
 
 def item_texts(titles: list[str], texts: list[str]) -> list[str]:
@@ -61,6 +68,7 @@ def build_index(
     batch_size: int = 64,
     progress: bool = True,
     index: IndexBuildConfig | None = None,
+    sequential_budget_s: float = 0.0,
 ) -> Manifest:
     """Encode `data_dir/catalog.parquet` in batches and write `data_dir/index/`.
 
@@ -70,7 +78,8 @@ def build_index(
 
     Writes the shards (atomically, see `build_shards`) and, when
     `interactions.parquet` exists, the item-item model `index/cf.npz`, the
-    ALS model `index/als.npz` and the EASE model `index/ease.npz` (see
+    ALS model `index/als.npz`, the EASE model `index/ease.npz` and, given a
+    training budget, the sequential model `index/sequential.npz` (see
     `fit_collaborative`).
     """
     data_dir = Path(data_dir)
@@ -96,44 +105,81 @@ def build_index(
         progress=progress,
     )
     if (data_dir / "interactions.parquet").exists():
-        refit_collaborative(data_dir, catalog["item_id"].to_pylist())
+        refit_collaborative(
+            data_dir,
+            catalog["item_id"].to_pylist(),
+            sequential_budget_s=sequential_budget_s,
+            progress=progress,
+        )
     return manifest
 
 
-def refit_collaborative(data_dir: Path, item_ids: list[str]) -> None:
-    """Fit item-kNN, ALS and EASE on `data_dir/interactions.parquet` over `item_ids` and
-    write them to `data_dir/index/` (`llmrec build`, and `--incremental` after a fold)."""
+def refit_collaborative(
+    data_dir: Path, item_ids: list[str], *, sequential_budget_s: float = 0.0, progress: bool = True
+) -> None:
+    """Fit item-kNN, ALS, EASE and the sequential model on `data_dir/interactions.parquet`
+    over `item_ids` and write them to `data_dir/index/` (`llmrec build`, and `--incremental`
+    after a fold)."""
     data_dir = Path(data_dir)
-    interactions = pq.read_table(data_dir / "interactions.parquet", columns=["user_id", "item_id"])
-    fit_collaborative(interactions, item_ids).save(data_dir / "index")
+    path = data_dir / "interactions.parquet"
+    columns = [c for c in ("user_id", "item_id", "ts") if c in pq.read_schema(path).names]
+    interactions = pq.read_table(path, columns=columns)
+    fit_collaborative(
+        interactions, item_ids, sequential_budget_s=sequential_budget_s, progress=progress
+    ).save(data_dir / "index")
 
 
 class Collaborative(NamedTuple):
-    """The models fit on the interaction log: item-kNN (with popularity), ALS and EASE."""
+    """The models fit on the interaction log: item-kNN (with popularity), ALS, EASE and,
+    when it was given training time, the sequential model."""
 
     cf: ItemKNN
     als: AlsModel
     ease: EaseModel
+    sequential: SequentialModel | None = None
 
     def save(self, index_dir: Path) -> None:
-        """Write each model beside the shards (`CF_NAME`, `ALS_NAME`, `EASE_NAME`), each
-        through a temporary file and a rename."""
-        for name, model in ((CF_NAME, self.cf), (ALS_NAME, self.als), (EASE_NAME, self.ease)):
-            tmp = Path(index_dir) / f".{name}.tmp.npz"
+        """Write each model beside the shards (`CF_NAME`, `ALS_NAME`, `EASE_NAME`,
+        `SEQUENTIAL_NAME`), each through a temporary file and a rename; a sequential model
+        left by an earlier build goes when this one has none."""
+        index_dir = Path(index_dir)
+        models = [(CF_NAME, self.cf), (ALS_NAME, self.als), (EASE_NAME, self.ease)]
+        if self.sequential is not None:
+            models.append((SEQUENTIAL_NAME, self.sequential))
+        else:
+            (index_dir / SEQUENTIAL_NAME).unlink(missing_ok=True)
+        for name, model in models:
+            tmp = index_dir / f".{name}.tmp.npz"
             model.save(tmp)
-            os.replace(tmp, Path(index_dir) / name)
+            os.replace(tmp, index_dir / name)
 
 
-def fit_collaborative(interactions: pa.Table, item_ids: list[str]) -> Collaborative:
-    """Item-kNN, ALS and EASE fit on an interactions table (user_id, item_id).
+def fit_collaborative(
+    interactions: pa.Table,
+    item_ids: list[str],
+    *,
+    sequential_budget_s: float = 0.0,
+    progress: bool = False,
+) -> Collaborative:
+    """Item-kNN, ALS and EASE fit on an interactions table (user_id, item_id, and `ts` for
+    the order the sequential model learns), and the sequential model trained for
+    `sequential_budget_s` seconds (none at 0, or above `SEQUENTIAL_MAX_ITEMS` items).
 
     The one recipe shared by `llmrec build` and `llmrec eval`, so an offline
     evaluation measures the models the service loads.
     """
+    sequential = None
+    if sequential_budget_s > 0 and len(item_ids) <= SEQUENTIAL_MAX_ITEMS:
+        sequential = SequentialModel.fit(
+            interactions, item_ids, time_budget_s=sequential_budget_s, progress=progress
+        )
+    elif sequential_budget_s > 0:
+        log.info("no sequential model: %d items is above %d", len(item_ids), SEQUENTIAL_MAX_ITEMS)
     return Collaborative(
         ItemKNN.fit(interactions, item_ids),
         AlsModel.fit(interactions, item_ids),
         EaseModel.fit(interactions, item_ids, max_items=EASE_MAX_ITEMS),
+        sequential,
     )
 
 
@@ -154,6 +200,12 @@ def load_ease(index_dir: Path) -> EaseModel | None:
     predates EASE: `llmrec build` again to add it)."""
     path = Path(index_dir) / EASE_NAME
     return EaseModel.load(path) if path.exists() else None
+
+
+def load_sequential(index_dir: Path) -> SequentialModel | None:
+    """The sequential model beside the shards, or None when the build fit none."""
+    path = Path(index_dir) / SEQUENTIAL_NAME
+    return SequentialModel.load(path) if path.exists() else None
 
 
 def build_from_config(cfg: AppConfig, n_shards: int, index_type: str | None = None) -> Manifest:
@@ -177,6 +229,7 @@ def build_from_config(cfg: AppConfig, n_shards: int, index_type: str | None = No
         n_shards=n_shards,
         batch_size=enc.build_batch_size,
         index=index.model_copy(update={"type": index_type or index.type}),
+        sequential_budget_s=cfg.router.sequential_budget_s,
     )
 
 

@@ -417,7 +417,8 @@ class RouterConfig(_Placed):
     """How long a cached row is used. An upsert or delete through this replica drops it at
     once; one through another router replica is seen here after at most this long."""
     history_half_life: float = Field(10.0, gt=0)
-    """Recency weighting of the profile: an interaction this many steps back counts half."""
+    """Recency weighting of the profile: an interaction this many steps back counts half. A
+    tuned `fusion.json` (`llmrec eval --tune`) replaces it with its `profile_half_life`."""
     query_weight: float = Field(0.5, ge=0, le=1)
     """Weight of the encoded query against the history profile when both are given."""
     cf_candidates: int = Field(50, ge=0, le=1000)
@@ -426,6 +427,11 @@ class RouterConfig(_Placed):
     """ALS candidates per request (when the index has `als.npz`)."""
     ease_candidates: int = Field(50, ge=0, le=1000)
     """EASE candidates per request (when the index has `ease.npz`)."""
+    sequential_candidates: int = Field(50, ge=0, le=1000)
+    """Sequential-model candidates per request (when the index has `sequential.npz`)."""
+    sequential_budget_s: float = Field(60.0, ge=0)
+    """Training time `llmrec build` gives the sequential model (self-attention over the
+    recent history, `retrieval.sequential`); 0 fits none."""
     als_exact_max_items: int = Field(200_000, ge=0)
     """Up to this many items with a nonzero ALS factor, the ALS candidates are the exact
     best (a flat inner-product search); above it, an HNSW graph built when the router loads
@@ -445,8 +451,11 @@ class RouterConfig(_Placed):
     """Fusion weight of log-popularity, normalised to the most popular item (0..1)."""
     ease_weight: float = Field(1.0, ge=0, le=10)
     """Fusion weight of the EASE score, clipped at 0 and normalised to the user's best (0..1)."""
+    sequential_weight: float = Field(0.5, ge=0, le=10)
+    """Fusion weight of the sequential model's next-item probability relative to its
+    favourite unseen item (0..1)."""
     use_tuned_fusion: bool = True
-    """Use `index/fusion.json` (written by `llmrec eval --tune`) instead of the five weights
+    """Use `index/fusion.json` (written by `llmrec eval --tune`) instead of the six weights
     above and `reranker.rerank_weight`, when the file exists."""
     max_history: int = Field(50, ge=1, le=1000)
     """Most recent history items used to build the profile."""

@@ -55,12 +55,16 @@ __all__ = [
 ]
 
 RERANK_WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+PROFILE_HALF_LIFE_GRID = (0.5, 1.0, 2.0, 5.0, 10.0)
+"""Profile half-lives (interactions) `--tune` tries, each with the whole weight grid: a short
+one follows the current sitting, a long one the user's lasting tastes."""
 _GRID_STEPS = {
     "ann": (0.0, 0.1, 0.25, 0.5, 1.0),
     "item_knn": (0.0, 0.25, 0.5, 1.0),
     "als": (0.0, 0.25, 0.5, 1.0),
     "popularity": (0.0, 0.1, 0.2, 0.4, 0.8),
     "ease": (0.0, 0.25, 0.5, 1.0),
+    "sequential": (0.0, 0.25, 0.5, 1.0),
 }
 
 

@@ -1,17 +1,21 @@
 """Score fusion of the candidate sources, and the tuned weights saved beside an index.
 
-Every candidate carries five features, each comparable across users:
+Every candidate carries six features, each comparable across users:
 
-- `ann`: cosine between the user profile and the item (−1..1),
+- `ann`: cosine between the user profile (the recency-weighted mean of the
+  history's item vectors) and the item (−1..1),
 - `item_knn`: item-kNN score divided by the user's best item-kNN score (0..1),
 - `als`: ALS score clipped at 0, divided by the user's best ALS score (0..1),
 - `popularity`: `log1p(users) / log1p(max users)` over the catalog (0..1),
 - `ease`: EASE score of the recency-weighted history clipped at 0, divided by
-  the user's best EASE score (0..1).
+  the user's best EASE score (0..1),
+- `sequential`: the sequential model's next-item probability divided by that
+  of its favourite unseen item (0..1).
 
 The fused score is their weighted sum; only ratios between weights change the
-order. `llmrec eval --tune` picks the weights on a validation split and writes
-them to `index/fusion.json` with the LLM's share of the rerank blend; the
+order. `llmrec eval --tune` picks the weights and the profile's half-life on a
+validation split and writes them to `index/fusion.json` with the LLM's share of
+the rerank blend; the
 router reads that file at start (see `RouterConfig.use_tuned_fusion`).
 
 `--tune` also trains a learned fusion (`retrieval.ltr`, LambdaRank over the
@@ -41,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["FEATURES", "FUSION_NAME", "FusionWeights", "fuse", "load_fusion", "save_fusion"]
 
 FUSION_NAME = "fusion.json"
-FEATURES = ("ann", "item_knn", "als", "popularity", "ease")
+FEATURES = ("ann", "item_knn", "als", "popularity", "ease", "sequential")
 """Column order of candidate feature matrices."""
 
 
@@ -51,6 +55,7 @@ _CONFIG_FIELDS = {
     "als": "als_weight",
     "popularity": "popularity_weight",
     "ease": "ease_weight",
+    "sequential": "sequential_weight",
 }
 """Each feature weight's `RouterConfig` field."""
 
@@ -64,10 +69,14 @@ class FusionWeights:
     """Weights of the features, plus the LLM share of the rerank blend.
 
     The defaults are `RouterConfig`'s (`ann_weight`, `cf_weight`, `als_weight`,
-    `popularity_weight`, `ease_weight`); `from_config` takes a config's values.
+    `popularity_weight`, `ease_weight`, `sequential_weight`); `from_config` takes a
+    config's values.
 
     `rerank` is `None` when the reranker's own `rerank_weight` applies; 0
     means the LLM cannot change the order, so the router skips the call.
+    `profile_half_life` is the half-life (in interactions) of the profile whose
+    cosine is the `ann` feature, tuned with the weights; `None` means the
+    config's `router.history_half_life`.
     `tuned` records how the weights were chosen (split, users, NDCG), if they were.
     `learned`, when set, orders history requests in their place (`score`); it is
     saved in its own file beside the weights (`save_fusion`).
@@ -78,7 +87,9 @@ class FusionWeights:
     als: float = _router_default("als")
     popularity: float = _router_default("popularity")
     ease: float = _router_default("ease")
+    sequential: float = _router_default("sequential")
     rerank: float | None = None
+    profile_half_life: float | None = None
     tuned: dict[str, Any] = field(default_factory=dict, compare=False)
     learned: LearnedFusion | None = field(default=None, compare=False, repr=False)
 
@@ -88,6 +99,8 @@ class FusionWeights:
                 raise ValueError(f"fusion weight {name} must be >= 0")
         if self.rerank is not None and not 0.0 <= self.rerank <= 1.0:
             raise ValueError("fusion weight rerank must be in 0..1")
+        if self.profile_half_life is not None and not self.profile_half_life > 0:
+            raise ValueError("fusion profile_half_life must be > 0")
 
     @property
     def vector(self) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 The grid-searched weighted sum of `retrieval.fusion` treats every user alike
 and every feature as linear. The learned fusion ranks a user's candidate pool
-from the same five features plus what a weighted sum cannot use:
+from the same six features plus what a weighted sum cannot use:
 
 - each feature's rank within the pool (0 = best), as a fraction of the pool,
 - the user's history length (`log1p`), so the model can trust the
@@ -10,8 +10,9 @@ from the same five features plus what a weighted sum cannot use:
 
 It is trained by `llmrec eval --tune` on the validation split, one query group
 per user whose held-out item is in the pool (label 1 for it, 0 for the rest),
-and kept only when it ranks better than the grid's weights on validation
-users neither saw, by more than the bootstrap interval (`tune_learned_fusion`).
+and kept only when, cross-fitted over the validation users, it ranks better
+than the grid's weights by more than the bootstrap interval
+(`tune_learned_fusion`).
 The model is a LightGBM text file beside `fusion.json`; scoring a pool of a
 few hundred candidates is one `Booster.predict` on one thread.
 """
@@ -179,52 +180,50 @@ def tune_learned_fusion(
     *,
     base: FusionWeights,
     seed: int = 0,
-    holdout: float = 0.3,
+    folds: int = 5,
     min_users: int = 30,
 ) -> tuple[LearnedFusion | None, dict[str, Any]]:
     """Train the learned fusion on validation pools and keep it only if it earns its place.
 
-    The validation users are split (seeded) into a fit part and a held-out
-    part. The grid's weights are tuned on the fit part and the model trained on
-    it (early stopping on the held-out part); both are scored on the held-out
-    part, and the model is returned only when its NDCG@k lift there, paired by
-    user, has a bootstrap interval above 0: a lift within the noise of a few
-    hundred users is no reason to leave the weights. The report gives both
-    NDCGs, the lift, the rounds and the feature gains; None with the reason when
-    there are fewer than `min_users` pools.
+    Cross-fitted, so every validation user counts in the decision: the users are split
+    (seeded) into `folds` parts, and each part is ranked by a model trained on the other
+    parts. Those out-of-fold rankings are compared, paired by user, with the grid's weights
+    `base` (tuned on all the pools, which favours them), and the model is returned only
+    when the NDCG@k lift has a bootstrap interval above 0: a lift within the noise is no
+    reason to leave the weights. The model returned is trained on every pool. Every training
+    stops early on a seeded fifth of its own users. The report gives both NDCGs, the lift,
+    the rounds and the feature gains; None with the reason when there are fewer than
+    `min_users` pools.
     """
-    from retrieval.evaluate import tune_fusion
-
     users = sorted(pools)
     if len(users) < min_users:
         return None, {"skipped": f"{len(users)} validation users (at least {min_users} needed)"}
     random.Random(seed).shuffle(users)
-    n_held = max(1, int(len(users) * holdout))
-    held, fit = users[:n_held], users[n_held:]
+    rows = {}
+    for user in users:
+        item_ids, features = pools[user]
+        ids = list(item_ids)
+        target = ids.index(targets[user]) if targets[user] in ids else -1
+        rows[user] = (np.asarray(features), target, history_lens[user])
 
-    def rows(part: Sequence[str]) -> list[tuple[np.ndarray, int, int]]:
-        out = []
-        for user in part:
-            item_ids, features = pools[user]
-            ids = list(item_ids)
-            target = ids.index(targets[user]) if targets[user] in ids else -1
-            out.append((np.asarray(features), target, history_lens[user]))
-        return out
-
-    fit_rows, held_rows = rows(fit), rows(held)
-    grid, _ = tune_fusion({u: pools[u] for u in fit}, targets, k, base=base)
+    grid_ndcg, learned_ndcg = [], []
     try:
-        model = LearnedFusion.train(fit_rows, valid=held_rows, seed=seed)
+        for fold in range(folds):
+            held = users[fold::folds]
+            fit = [u for n, u in enumerate(users) if n % folds != fold]
+            model = _train_stopped([rows[u] for u in fit], seed)
+            for f, t, h in (rows[u] for u in held):
+                grid_ndcg.append(_pool_ndcg(fuse(f, base), t, k))
+                learned_ndcg.append(_pool_ndcg(model.scores(f, h), t, k))
+        model = _train_stopped([rows[u] for u in users], seed)
     except ValueError as exc:
         return None, {"skipped": str(exc)}
-    grid_ndcg = [_pool_ndcg(fuse(f, grid), t, k) for f, t, _ in held_rows]
-    learned_ndcg = [_pool_ndcg(model.scores(f, h), t, k) for f, t, h in held_rows]
     lift = paired_bootstrap(grid_ndcg, learned_ndcg, seed=seed)
     kept = lift["ci"][0] > 0
     report = {
-        "fit_users": len(fit),
-        "held_out_users": len(held),
-        f"held_out_ndcg_at_{k}": {
+        "users": len(users),
+        "folds": folds,
+        f"out_of_fold_ndcg_at_{k}": {
             "learned": round(float(np.mean(learned_ndcg)), 6),
             "grid": round(float(np.mean(grid_ndcg)), 6),
         },
@@ -234,3 +233,13 @@ def tune_learned_fusion(
         "gain": model.importance(),
     }
     return (model if kept else None), report
+
+
+def _train_stopped(rows: Sequence[tuple[np.ndarray, int, int]], seed: int) -> LearnedFusion:
+    """A model trained on four fifths of `rows` (seeded), stopping early on the last fifth."""
+    order = list(range(len(rows)))
+    random.Random(seed + 1).shuffle(order)
+    n_stop = max(1, len(rows) // 5)
+    stop = [rows[i] for i in order[:n_stop]]
+    fit = [rows[i] for i in order[n_stop:]]
+    return LearnedFusion.train(fit, valid=stop, seed=seed)

@@ -26,6 +26,7 @@ __all__ = [
     "ndcg_at_k",
     "paired_bootstrap",
     "per_user_ndcg",
+    "per_user_recall",
     "percentile",
     "percentile_ms",
     "rank_in_pool",
@@ -130,6 +131,15 @@ def per_user_ndcg(
 ) -> dict[str, float]:
     """NDCG@k of each user's ranking (the values `score_rankings` averages)."""
     return {user: ndcg_at_k(rank_of(ranked, targets[user]), k) for user, ranked in rankings.items()}
+
+
+def per_user_recall(
+    rankings: Mapping[str, Sequence[str]], targets: Mapping[str, str], k: int
+) -> dict[str, float]:
+    """Recall@k of each user's ranking: 1.0 when the target is in the top k, else 0.0."""
+    return {
+        user: recall_at_k(rank_of(ranked, targets[user]), k) for user, ranked in rankings.items()
+    }
 
 
 def paired_bootstrap(

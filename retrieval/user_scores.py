@@ -11,7 +11,11 @@ model and one request, in what the history touches:
   where the score can be nonzero (the history's neighbour lists; EASE's
   modelled items) and the normalised values there;
 - ALS as the user's factor (`FactorScores`): its proposals come from a
-  `FactorIndex` search, and only the items asked about are scored.
+  `FactorIndex` search, and only the items asked about are scored;
+- the sequential model over the whole catalog (`SparseScores` at every
+  position): its next-item logits as `exp(logit - best unseen logit)`, the
+  softmax probability relative to its favourite, so 1.0 is the favourite and
+  every score is above 0.
 
 The numbers are those of the dense computation over every catalog item
 (`ItemKNN.scores`, `EaseModel.scores`, `AlsModel.scores`): bit for bit for
@@ -30,6 +34,7 @@ import numpy as np
 
 from retrieval.collab import AlsModel, FactorIndex, ItemKNN
 from retrieval.ease import EaseModel
+from retrieval.sequential import SequentialModel
 
 __all__ = [
     "FactorScores",
@@ -39,6 +44,7 @@ __all__ = [
     "ease_scores",
     "item_knn_scores",
     "positions_of",
+    "sequential_scores",
     "top_positions",
 ]
 
@@ -188,3 +194,16 @@ def als_scores(
     order = np.lexsort((positions, -raw))[:n]
     top = [model.item_ids[p] for p in positions[order]]
     return FactorScores(model, user, float(raw.max()), seen_pos, top)
+
+
+def sequential_scores(
+    model: SequentialModel, history: Sequence[str], seen: Sequence[str], n: int
+) -> SparseScores | None:
+    """The sequential model's next-item scores after `history` (oldest first), relative to
+    its best unseen item; None when it knows no history item."""
+    if not any(i in model.index for i in history):
+        return None
+    logits = model.scores(history).astype(np.float64)
+    raw = np.exp(logits - logits.max())
+    positions = np.arange(len(model.item_ids))
+    return SparseScores.normalise(model.item_ids, model.index, positions, raw, seen, n)

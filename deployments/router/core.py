@@ -15,12 +15,13 @@ The stages and their deadline rules:
    deadline and by `shard_timeout_ms`; a late or failed replica has each of its
    shards named in `degraded` (`shard-N`). The rows of the candidates come from
    the cache, the rest in one lookup per replica.
-   Item-kNN, ALS and EASE candidates join; every candidate gets the features
-   of `retrieval.fusion` (cosine, item-kNN, ALS, popularity, EASE) and their
-   weighted sum, or the learned fusion's score of them (`retrieval.ltr`), is
-   its score. The collaborative scores are kept to what the history touches
-   (`retrieval.user_scores`): no stage scores every catalog item. Cold users
-   with no query get popularity.
+   Item-kNN, ALS, EASE and sequential-model candidates join; every candidate
+   gets the features of `retrieval.fusion` (cosine, item-kNN, ALS, popularity,
+   EASE, sequential) and their weighted sum, or the learned fusion's score of
+   them (`retrieval.ltr`), is its score. The collaborative scores are kept to
+   what the history touches (`retrieval.user_scores`); only the sequential
+   model, fit up to `SEQUENTIAL_MAX_ITEMS` items, scores every catalog item.
+   Cold users with no query get popularity.
 4. rerank the top candidates with the LLM, then explain the final items in
    prompts that repeat the rerank prompt (its lettered candidates first);
    both calls carry the deadline, which the reranker sizes its work to. Either
@@ -67,6 +68,7 @@ from retrieval.ease import EaseModel
 from retrieval.fusion import FEATURES, FusionWeights
 from retrieval.merge import merge_top_k
 from retrieval.profiles import blend_query, recency_weights, user_profile
+from retrieval.sequential import SequentialModel
 from retrieval.shards import Found, Hit, ShardLayout
 from retrieval.user_scores import (
     UserScores,
@@ -74,6 +76,7 @@ from retrieval.user_scores import (
     ease_scores,
     item_knn_scores,
     positions_of,
+    sequential_scores,
 )
 
 __all__ = [
@@ -136,7 +139,7 @@ class RerankClient(Protocol):
     ) -> list[Explanation]: ...
 
 
-_ANN, _KNN, _ALS, _POP, _EASE = range(len(FEATURES))
+_ANN, _KNN, _ALS, _POP, _EASE, _SEQ = range(len(FEATURES))
 _STAGE_ERRORS = (TimeoutError, BackendFailed, QueueFull, DeadlineExceeded)
 """What costs a stage (named in `degraded`) instead of the request: the router's own
 timeouts and the project's failure family (`BackendUnavailable` is a `BackendFailed`)."""
@@ -149,6 +152,7 @@ class _Models:
     cf: ItemKNN | None = None
     als: AlsModel | None = None
     ease: EaseModel | None = None
+    sequential: SequentialModel | None = None
     als_index: FactorIndex | None = None
     """ALS's item factors, searched for its candidates."""
     popularity: np.ndarray | None = None
@@ -215,8 +219,8 @@ class RouterCore:
     """Answers `RecommendRequest`s. Backends and models come in through the constructor.
 
     `shards[g]` is retriever replica g of `layout` (default: one shard each).
-    `cf` (item-kNN, also the popularity ranking), `als` and `ease` are optional; a
-    missing model contributes zero to its feature (see `use_models`). `fusion`
+    `cf` (item-kNN, also the popularity ranking), `als`, `ease` and `sequential` are
+    optional; a missing model contributes zero to its feature (see `use_models`). `fusion`
     defaults to the weights in `config.router` (see `FusionWeights.from_config`).
     """
 
@@ -230,6 +234,7 @@ class RouterCore:
         cf: ItemKNN | None = None,
         als: AlsModel | None = None,
         ease: EaseModel | None = None,
+        sequential: SequentialModel | None = None,
         fusion: FusionWeights | None = None,
         histories: dict[str, list[str]] | None = None,
         layout: ShardLayout | None = None,
@@ -245,7 +250,7 @@ class RouterCore:
                 f"{len(self.shards)} retriever clients for a layout of {self.layout.n_replicas}"
             )
         self.reranker = reranker
-        self.use_models(cf, als, ease)
+        self.use_models(cf, als, ease, sequential)
         self.fusion = fusion if fusion is not None else FusionWeights.from_config(config.router)
         # Stored histories: the deployment's store, or a dict in memory (tests, `llmrec eval`).
         self.store = store if store is not None else MemoryStore(histories)
@@ -262,10 +267,19 @@ class RouterCore:
         # must count at least as much as the collaborative scores, and popularity not at all.
         # The learned fusion was trained on history requests only: a query uses the weights.
         self.query_fusion = dataclasses.replace(
-            f, ann=max(f.ann, f.item_knn + f.als + f.ease, 1e-6), popularity=0.0, learned=None
+            f,
+            ann=max(f.ann, f.item_knn + f.als + f.ease + f.sequential, 1e-6),
+            popularity=0.0,
+            learned=None,
         )
 
-    def use_models(self, cf: ItemKNN | None, als: AlsModel | None, ease: EaseModel | None) -> None:
+    def use_models(
+        self,
+        cf: ItemKNN | None,
+        als: AlsModel | None,
+        ease: EaseModel | None,
+        sequential: SequentialModel | None = None,
+    ) -> None:
         """Use these collaborative models (at start, and when `llmrec build --incremental`
         fit them again); requests in work finish with the ones they started with.
 
@@ -278,6 +292,7 @@ class RouterCore:
             cf=cf,
             als=als,
             ease=ease,
+            sequential=sequential,
             als_index=(
                 FactorIndex(
                     als.item_factors,
@@ -394,8 +409,9 @@ class RouterCore:
         clock.lap("encode", t)
 
         t = time.perf_counter()
+        half_life = self.fusion.profile_half_life or cfg.history_half_life
         profile = (
-            user_profile(np.stack([history[i][1] for i in history_ids]), cfg.history_half_life)
+            user_profile(np.stack([history[i][1] for i in history_ids]), half_life)
             if history_ids
             else None
         )
@@ -523,8 +539,8 @@ class RouterCore:
     def _collaborative(
         self, models: _Models, history_ids: list[str], seen: list[str]
     ) -> dict[str, UserScores]:
-        """Per model (`cf`, `als`, `ease`) that scores an unseen item above 0: its normalised
-        scores and its proposals (`retrieval.user_scores`).
+        """Per model (`cf`, `als`, `ease`, `sequential`) that scores an unseen item above 0:
+        its normalised scores and its proposals (`retrieval.user_scores`).
 
         Scores are divided by the user's best unseen score (clipped at 0), so 1.0
         is the model's favourite and seen items score 0. EASE scores the history
@@ -544,6 +560,10 @@ class RouterCore:
             weights = recency_weights(len(history_ids), cfg.ease_half_life)
             scored["ease"] = ease_scores(
                 models.ease, history_ids, weights, seen, cfg.ease_candidates
+            )
+        if models.sequential is not None:
+            scored["sequential"] = sequential_scores(
+                models.sequential, history_ids, seen, cfg.sequential_candidates
             )
         return {name: scores for name, scores in scored.items() if scores is not None}
 
@@ -588,7 +608,7 @@ class RouterCore:
         # Every candidate's features at once: arrays in FEATURES order, then one fuse.
         features = np.zeros((len(item_ids), len(FEATURES)), dtype=np.float64)
         features[:, _ANN] = [ann.get(i, cosine.get(i, 0.0)) for i in item_ids]
-        for column, name in ((_KNN, "cf"), (_ALS, "als"), (_EASE, "ease")):
+        for column, name in ((_KNN, "cf"), (_ALS, "als"), (_EASE, "ease"), (_SEQ, "sequential")):
             if name in collaborative:
                 features[:, column] = collaborative[name].of(item_ids)
         if models.cf is not None and models.popularity is not None:

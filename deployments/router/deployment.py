@@ -38,10 +38,12 @@ from retrieval.build import (
     ALS_NAME,
     CF_NAME,
     EASE_NAME,
+    SEQUENTIAL_NAME,
     item_texts,
     load_als,
     load_cf,
     load_ease,
+    load_sequential,
 )
 from retrieval.config import AppConfig
 from retrieval.fusion import load_fusion
@@ -186,14 +188,19 @@ class Router:
         index = self.config.index_path
         return tuple(
             (index / name).stat().st_mtime if (index / name).exists() else 0.0
-            for name in (CF_NAME, ALS_NAME, EASE_NAME)
+            for name in (CF_NAME, ALS_NAME, EASE_NAME, SEQUENTIAL_NAME)
         )
 
     def _load_models(self) -> dict[str, Any]:
         self._models_seen = self._model_files()
         self._models_checked = time.monotonic()
         index = self.config.index_path
-        return {"cf": load_cf(index), "als": load_als(index), "ease": load_ease(index)}
+        return {
+            "cf": load_cf(index),
+            "als": load_als(index),
+            "ease": load_ease(index),
+            "sequential": load_sequential(index),
+        }
 
     async def _reload_models_if_changed(self) -> None:
         """Every `router.model_reload_s`, swap in models `llmrec build --incremental` wrote

@@ -110,6 +110,10 @@ def fold_feedback(config: AppConfig) -> FoldResult:
     from retrieval.build import refit_collaborative
 
     catalog = pq.read_table(config.data_path / "catalog.parquet", columns=["item_id"])
-    refit_collaborative(config.data_path, catalog["item_id"].to_pylist())
+    refit_collaborative(
+        config.data_path,
+        catalog["item_id"].to_pylist(),
+        sequential_budget_s=config.router.sequential_budget_s,
+    )
     log.info("folded %d events (%d new rows) into %s", len(events), added, path)
     return FoldResult(len(events), added, rows)

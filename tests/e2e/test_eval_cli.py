@@ -82,6 +82,10 @@ def test_eval_tunes_and_the_hybrid_beats_every_single_source(demo_dir, tmp_path)
     assert vs["baseline"] == best and vs["ndcg_at_10_lift"]["users"] == testable
     gap = r["metrics"]["ndcg_at_10"] - r["baselines"][best]["ndcg_at_10"]
     assert vs["ndcg_at_10_lift"]["mean"] == pytest.approx(gap, abs=1e-5)
+    best = max(r["baselines"], key=lambda n: r["baselines"][n]["recall_at_10"])
+    assert vs["recall_baseline"] == best
+    gap = r["metrics"]["recall_at_10"] - r["baselines"][best]["recall_at_10"]
+    assert vs["recall_at_10_lift"]["mean"] == pytest.approx(gap, abs=1e-5)
     rerank = r["tuning"]["rerank"]
     assert saved["rerank"] == rerank["weight"] and saved["rerank"] in RERANK_WEIGHT_GRID
     by_weight = rerank["val_ndcg_at_10_by_weight"]

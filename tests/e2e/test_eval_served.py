@@ -41,7 +41,7 @@ def train_only(demo_dir, tmp_path_factory):
 def _eval(demo_dir, tmp_path, name, *extra):
     out = tmp_path / f"{name}.json"
     args = ["eval", "--data", str(demo_dir), "--users", "80", "--rerank-users", "0"]
-    args += ["--explain-users", "0", "--sequential-budget", "2"]
+    args += ["--explain-users", "0", "--sequential-budget", "0"]
     args += ["--json", str(out), "--no-progress", *extra]
     assert main(args) == 0
     return json.loads(out.read_text())

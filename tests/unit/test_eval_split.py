@@ -56,7 +56,7 @@ def test_models_fit_on_the_training_log_never_saw_a_target():
     # u1 took 1, 2, 3; u2 took 1, 2. Held out: u1→3, u2→2. Item 3 has no training events.
     log = _log([("u1", "1", 1), ("u1", "2", 2), ("u1", "3", 3), ("u2", "1", 1), ("u2", "2", 2)])
     split = leave_last_out(log)
-    knn, als, ease = fit_collaborative(split.train, ["1", "2", "3"])
+    knn, als, ease, _ = fit_collaborative(split.train, ["1", "2", "3"])
     assert knn.popularity.tolist() == [2.0, 1.0, 0.0]
     assert [item for item, _ in knn.recommend(["1"], 5)] == ["2"]
     assert knn.recommend(["1", "2"], 5, exclude=["1", "2"]) == []

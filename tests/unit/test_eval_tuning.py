@@ -70,12 +70,21 @@ def test_fusion_grid_has_one_point_per_ratio():
 
 
 def test_fusion_weights_change_the_order():
-    # x is the nearest by cosine, y the ALS favourite.
-    features = np.array([[0.9, 0.0, 0.1, 0.0, 0.0], [0.5, 0.0, 1.0, 0.0, 0.0]])
-    ann_only = FusionWeights(ann=1.0, item_knn=0.0, als=0.0, popularity=0.0, ease=0.0)
-    als_heavy = FusionWeights(ann=0.1, item_knn=0.0, als=1.0, popularity=0.0, ease=0.0)
+    # x is the nearest by cosine, y the ALS favourite, z the sequential model's.
+    features = np.array(
+        [
+            [0.9, 0.0, 0.1, 0.0, 0.0, 0.1],
+            [0.5, 0.0, 1.0, 0.0, 0.0, 0.1],
+            [0.5, 0.0, 0.1, 0.0, 0.0, 1.0],
+        ]
+    )
+    none = dict.fromkeys(FEATURES, 0.0)
+    ann_only = FusionWeights(**{**none, "ann": 1.0})
+    als_heavy = FusionWeights(**{**none, "ann": 0.1, "als": 1.0})
+    sequential_heavy = FusionWeights(**{**none, "ann": 0.1, "sequential": 1.0})
     assert np.argmax(fuse(features, ann_only)) == 0
     assert np.argmax(fuse(features, als_heavy)) == 1
+    assert np.argmax(fuse(features, sequential_heavy)) == 2
 
 
 def test_tune_fusion_finds_the_informative_feature():
@@ -125,7 +134,13 @@ def test_rerank_weight_is_chosen_only_when_the_llm_helps():
 
 def test_fusion_file_round_trip(tmp_path):
     weights = FusionWeights(
-        ann=0.1, item_knn=0.25, als=1.0, popularity=0.4, rerank=0.0, tuned={"users": 3}
+        ann=0.1,
+        item_knn=0.25,
+        als=1.0,
+        popularity=0.4,
+        rerank=0.0,
+        profile_half_life=2.0,
+        tuned={"users": 3},
     )
     save_fusion(tmp_path / "fusion.json", weights)
     again = load_fusion(tmp_path)
@@ -135,6 +150,8 @@ def test_fusion_file_round_trip(tmp_path):
     (tmp_path / "fusion.json").write_text('{"ann": 0.5, "item_knn": 0.2, "als": 1.0}')
     older = load_fusion(tmp_path)
     assert older.ease == 0.0 and older.popularity == 0.0 and older.als == 1.0
-    (tmp_path / "fusion.json").write_text('{"ann": -1}')
-    with pytest.raises(ValueError, match="fusion.json"):
-        load_fusion(tmp_path)
+    assert older.profile_half_life is None  # the config's history_half_life applies
+    for bad in ('{"ann": -1}', '{"ann": 1, "profile_half_life": 0}'):
+        (tmp_path / "fusion.json").write_text(bad)
+        with pytest.raises(ValueError, match="fusion.json"):
+            load_fusion(tmp_path)

@@ -10,6 +10,7 @@ from retrieval.metrics import (
     ndcg_at_k,
     paired_bootstrap,
     per_user_ndcg,
+    per_user_recall,
     rank_of,
     recall_at_k,
     reciprocal_rank,
@@ -74,6 +75,16 @@ def test_per_user_ndcg_is_what_score_rankings_averages():
     assert per_user == {"a": pytest.approx(1 / math.log2(3)), "b": 1.0, "c": 0.0}
     mean = score_rankings(rankings, targets, 2, 10).ndcg
     assert sum(per_user.values()) / 3 == pytest.approx(mean)
+
+
+def test_per_user_recall_is_what_score_rankings_averages():
+    rankings = {"a": ["1", "2", "3"], "b": ["3", "1"], "c": ["9"]}
+    targets = {"a": "3", "b": "1", "c": "1"}
+    per_user = per_user_recall(rankings, targets, k=2)
+    assert per_user == {"a": 0.0, "b": 1.0, "c": 0.0}
+    assert sum(per_user.values()) / 3 == pytest.approx(
+        score_rankings(rankings, targets, 2, 10).recall
+    )
 
 
 def test_paired_bootstrap_interval_of_the_mean_difference():

@@ -23,6 +23,8 @@ from retrieval.collab import AlsModel, ItemKNN
 from retrieval.config import AppConfig, RerankerConfig, RouterConfig
 from retrieval.ease import EaseModel
 from retrieval.fusion import FEATURES, FusionWeights
+from retrieval.profiles import user_profile
+from retrieval.sequential import SequentialModel
 from retrieval.shards import Shard, shard_of
 from tests.factories import ScriptedEngine, make_shards
 
@@ -106,6 +108,7 @@ def make_core(
     histories=None,
     als=None,
     ease=None,
+    sequential=None,
     fusion=None,
     config=None,
     encode=None,
@@ -128,6 +131,7 @@ def make_core(
         cf=knn if cf else None,
         als=als,
         ease=ease,
+        sequential=sequential,
         fusion=fusion,
         histories=histories or {},
     )
@@ -361,6 +365,26 @@ async def test_fusion_weights_change_the_order(world):
     assert all("cf" in i.sources for i in fused.items[:2])
 
 
+async def test_a_tuned_profile_half_life_replaces_the_configs(world):
+    # The same history, two profiles: a half-life of a tenth of a step is the latest item
+    # alone; the config's 10 steps weighs the three items nearly alike.
+    vectors = world[0]
+    req = RecommendRequest(history=["1", "2", "3"], k=10)
+
+    def nearest_to(profile):
+        order = [str(i + 1) for i in np.argsort(-(vectors @ profile))]
+        return [i for i in order if i not in req.history][:10]
+
+    latest = await make_core(
+        world, fusion=dataclasses.replace(ANN_ONLY, profile_half_life=0.1)
+    ).recommend(req)
+    assert ids(latest) == nearest_to(user_profile(vectors[:3], 0.1))
+    assert ids(latest)[:3] == nearest_to(vectors[2])[:3]
+    lasting = await make_core(world, fusion=ANN_ONLY).recommend(req)
+    assert ids(lasting) == nearest_to(user_profile(vectors[:3], 10.0))
+    assert ids(lasting) != ids(latest)
+
+
 async def test_popularity_weight_lifts_popular_candidates(world):
     # "1" is the most popular item (2 users). Pick a history item (taken by nobody, so no
     # collaborative signal) whose nearest items include "1", but low down.
@@ -396,6 +420,28 @@ async def test_als_candidates_join_with_their_source(world):
         RecommendRequest(history=["1"], k=3)
     )
     assert ids(answer)[0] == "7" and "als" in answer.items[0].sources
+
+
+async def test_sequential_candidates_join_with_their_source_in_order(world):
+    _, _, knn = world
+    # Everyone watches 10 → 20 → 30 → 40 in order: after 10 comes 20, after 10 and 20, 30.
+    users = [f"u{n}" for n in range(30) for _ in range(4)]
+    items = ["10", "20", "30", "40"] * 30
+    tiny = {"max_len": 4, "dim": 16, "heads": 2, "blocks": 1, "lr": 1e-2, "progress": False}
+    model = SequentialModel.fit(
+        pa.table({"user_id": users, "item_id": items}), knn.item_ids, epochs=40, **tiny
+    )
+    weights = FusionWeights(**{**dict.fromkeys(FEATURES, 0.0), "ann": 0.01, "sequential": 1.0})
+    core = make_core(world, sequential=model, fusion=weights)
+    first = await core.recommend(RecommendRequest(history=["10"], k=3))
+    assert ids(first)[0] == "20" and "sequential" in first.items[0].sources
+    second = await core.recommend(RecommendRequest(history=["10", "20"], k=3))
+    assert ids(second)[0] == "30" and "20" not in ids(second)
+    pool = {p.item_id: p for p in await core.candidate_pool(RecommendRequest(history=["10"]))}
+    assert pool["20"].features[FEATURES.index("sequential")] == 1.0  # the favourite
+    # Without the model the feature is 0 and the order is the cosine's.
+    plain = await make_core(world, fusion=weights).candidate_pool(RecommendRequest(history=["10"]))
+    assert all(p.features[FEATURES.index("sequential")] == 0.0 for p in plain)
 
 
 async def test_ease_candidates_join_with_their_source_scored_by_recency(world):

@@ -7,6 +7,7 @@ import torch
 
 from retrieval.evaluate import SequentialRanker
 from retrieval.sequential import SequentialModel, _user_sequences, _windows
+from retrieval.user_scores import sequential_scores
 
 SERIES = [f"s{i}" for i in range(8)]
 ITEMS = [*SERIES, "x0", "x1"]  # x0, x1: in the catalog, never watched
@@ -194,3 +195,17 @@ def test_sequential_ranker_excludes_the_history_and_falls_back_to_popularity(ser
     assert sorted(ranker.rank(SERIES, 5)) == ["x0", "x1"]
     # No usable history: popularity order.
     assert ranker.rank(["unknown"], 4) == ["x0", "x1", "s7", "s6"]
+
+
+def test_router_scores_are_the_probability_relative_to_the_best_unseen(series_model):
+    history = ["s0", "s1"]
+    scores = sequential_scores(series_model, history, seen=history, n=3)
+    assert scores is not None and scores.top[0] == "s2"
+    logits = series_model.scores(history).astype(np.float64)
+    unseen = [i for i in ITEMS if i not in history]
+    best = max(logits[ITEMS.index(i)] for i in unseen)
+    expected = [np.exp(logits[ITEMS.index(i)] - best) for i in unseen]
+    np.testing.assert_allclose(scores.of(unseen), expected, rtol=1e-5)
+    assert scores.of(["s2"])[0] == 1.0 and list(scores.of(history)) == [0.0, 0.0]
+    assert len(scores.top) == 3 and scores.of(["not-an-item"])[0] == 0.0
+    assert sequential_scores(series_model, ["not-an-item"], seen=[], n=3) is None

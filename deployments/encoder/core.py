@@ -55,7 +55,8 @@ class EmbeddingCache:
 
 def batch_policy(config: EncoderConfig) -> BatchPolicy:
     """The `BatchPolicy` of an `EncoderConfig`."""
-    assert config.max_batch_tokens is not None  # filled in by EncoderConfig validation
+    # Both filled in by EncoderConfig validation.
+    assert config.max_batch_tokens is not None and config.batch_wait_timeout_s is not None
     return BatchPolicy(
         max_batch_tokens=config.max_batch_tokens,
         max_batch_size=config.max_batch_size,

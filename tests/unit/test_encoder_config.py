@@ -72,6 +72,12 @@ def test_shipped_serve_config_is_valid():
     assert cfg.max_batch_tokens >= cfg.max_seq_length
 
 
+def test_batch_wait_auto_is_zero_on_cpu_and_2_ms_on_gpu():
+    assert EncoderConfig().batch_wait_timeout_s == 0.0
+    assert EncoderConfig(num_gpus=1).batch_wait_timeout_s == 0.002
+    assert EncoderConfig(num_gpus=1, batch_wait_timeout_s=0.01).batch_wait_timeout_s == 0.01
+
+
 def test_precision_auto_is_fp16_on_gpu_and_fp32_on_cpu():
     assert resolve_precision("auto", "cuda") == "fp16"
     assert resolve_precision("auto", "cpu") == "fp32"

@@ -17,10 +17,10 @@ when the service's collaborative models were built without the targets:
 
 `--tune` picks the fusion weights and the profile's half-life on a validation
 split (the second-to-last interaction, models fit on the log without the last
-two), trains a learned fusion (LambdaRank) kept only when it beats them on
-held-out validation users by more than the bootstrap interval, and the LLM's
-share of the rerank blend
-on a seeded subsample of validation users, then writes them to
+two), trains a learned fusion (LambdaRank) kept only when, cross-fitted over
+the validation users, it beats them by more than the bootstrap interval, and
+the LLM's share of the rerank blend on a seeded subsample of validation users,
+then writes them to
 `index/fusion.json` (and `index/fusion_ltr.txt`), which the router reads at start.
 """
 

@@ -137,7 +137,15 @@ class LearnedFusion:
 
     @classmethod
     def load(cls, path: Path) -> LearnedFusion:
-        return cls(lgb.Booster(model_file=str(path)))
+        """The model saved at `path`; `ValueError` when it was trained on other inputs than
+        `LEARNED_FEATURES` (tuned before a feature joined: tune again)."""
+        booster = lgb.Booster(model_file=str(path))
+        if booster.num_feature() != len(LEARNED_FEATURES):
+            raise ValueError(
+                f"{path} was trained on {booster.num_feature()} inputs, this version ranks with "
+                f"{len(LEARNED_FEATURES)}: run `llmrec eval --tune` again"
+            )
+        return cls(booster)
 
 
 def _dataset(

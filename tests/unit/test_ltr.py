@@ -2,6 +2,7 @@
 
 import json
 
+import lightgbm as lgb
 import numpy as np
 import pytest
 
@@ -126,6 +127,19 @@ def test_fusion_files_round_trip_with_and_without_the_model(tmp_path):
     plain = load_fusion(tmp_path)
     assert plain.learned is None
     np.testing.assert_allclose(plain.score(features, 200), fuse(features, plain))
+
+
+def test_a_model_trained_on_other_inputs_is_refused_by_name(tmp_path):
+    pools, targets, lens = _pools(60, seed=0)
+    rows = [(f, list(ids).index(targets[u]), lens[u]) for u, (ids, f) in pools.items()]
+    narrow = [(f[:, :-1], t, h) for f, t, h in rows]  # as if tuned before the last feature
+    params = {"objective": "lambdarank", "verbosity": -1, "num_threads": 1}
+    xs = np.vstack([np.hstack([f, f, np.full((len(f), 1), h)]) for f, _, h in narrow])
+    ys = np.concatenate([np.eye(len(f))[t] for f, t, _ in narrow])
+    booster = lgb.train(params, lgb.Dataset(xs, ys, group=[len(f) for f, _, _ in narrow]), 2)
+    booster.save_model(str(tmp_path / LEARNED_NAME))
+    with pytest.raises(ValueError, match="tune again|--tune"):
+        LearnedFusion.load(tmp_path / LEARNED_NAME)
 
 
 def test_a_fusion_file_naming_a_missing_model_is_an_error(tmp_path):

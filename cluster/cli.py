@@ -361,7 +361,7 @@ def parser() -> argparse.ArgumentParser:
         help="drop interactions with items missing from the catalog",
     )
     s.add_argument("--items", type=int, default=3000, help="demo, synthetic: catalog size")
-    s.add_argument("--users", type=int, default=2000, help="demo, synthetic: users (default 2,000)")
+    s.add_argument("--users", type=int, default=5000, help="demo, synthetic: users (default 5,000)")
     s.add_argument("--seed", type=int, default=0, help="demo, synthetic: random seed")
     s.set_defaults(func=cmd_ingest)
 

@@ -29,13 +29,13 @@ def minilm():
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory, minilm) -> Path:
-    """The demo dataset (3,000 items, 2,000 users, ~158k interactions) with a 4-shard index built by
-    the real encoder."""
+    """The demo generator at 2,000 users (3,000 items, ~158k interactions; the demo itself has
+    5,000) with a 4-shard index built by the real encoder."""
     from retrieval.build import build_index
     from retrieval.demo_data import make_demo_dataset
 
     path = tmp_path_factory.mktemp("demo")
-    make_demo_dataset(path)
+    make_demo_dataset(path, n_users=2000)
     build_index(path, minilm, n_shards=4, progress=False, sequential_budget_s=5)
     return path
 

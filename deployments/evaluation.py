@@ -58,6 +58,7 @@ from retrieval.evaluate import (
     rank_all,
     rank_all_async,
     rerank_ndcg_by_weight,
+    rerank_ndcg_per_user,
     sample_users,
     tune_fusion,
     tune_rerank_weight,
@@ -472,12 +473,15 @@ async def _tune(
         core.fusion = fusion
         rr_users = sample_users(val_users, opts.rerank_users, opts.seed)
         heads = await _rerank_heads(world, core, val, rr_users, opts.depth, progress)
-        by_weight = rerank_ndcg_by_weight(heads, val.targets, opts.k)
-        weight = tune_rerank_weight(by_weight)
+        per_user = rerank_ndcg_per_user(heads, val.targets, opts.k)
+        weight, lift = tune_rerank_weight(per_user, seed=opts.seed)
+        by_weight = rerank_ndcg_by_weight(per_user)
         fusion = dataclasses.replace(fusion, rerank=weight)
         tuning["rerank"] = {
             "users": len(rr_users),
             f"val_ndcg_at_{opts.k}_by_weight": {str(w): round(v, 6) for w, v in by_weight.items()},
+            # The best weight's lift over 0, paired by user; served only when above 0.
+            f"val_ndcg_at_{opts.k}_lift_of_best": lift,
             "weight": weight,
         }
     else:
@@ -565,7 +569,7 @@ async def _rerank_eval(
         # The LLM's effect at every blend weight on this sample (weight 0 = retrieval order).
         plain_core = world.core(models, dataclasses.replace(fusion, rerank=None))
         heads = await _rerank_heads(world, plain_core, split, sample, opts.depth, opts.progress)
-        by_weight = rerank_ndcg_by_weight(heads, split.targets, opts.k)
+        by_weight = rerank_ndcg_by_weight(rerank_ndcg_per_user(heads, split.targets, opts.k))
         out[f"ndcg_at_{opts.k}_by_weight"] = {str(w): round(v, 6) for w, v in by_weight.items()}
     out["with"] = score_rankings(ranked, split.targets, opts.k, n_items).to_json()
     # The LLM's lift, paired by user: its NDCG@k minus the same user's without it.

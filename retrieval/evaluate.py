@@ -29,7 +29,7 @@ from tqdm import tqdm
 from retrieval.collab import AlsModel, ItemKNN
 from retrieval.ease import EaseModel, recency_weights
 from retrieval.fusion import FEATURES, FusionWeights
-from retrieval.metrics import ndcg_at_k, rank_in_pool
+from retrieval.metrics import ndcg_at_k, paired_bootstrap, rank_in_pool
 from retrieval.profiles import user_profile
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ __all__ = [
     "rank_all",
     "rank_all_async",
     "rerank_ndcg_by_weight",
+    "rerank_ndcg_per_user",
     "sample_users",
     "tune_fusion",
     "tune_rerank_weight",
@@ -350,30 +351,51 @@ def _reranked(head: RerankHead, weight: float) -> list[str]:
     return [head.ranked[j] for j in order] + head.ranked[n:]
 
 
-def rerank_ndcg_by_weight(
+def rerank_ndcg_per_user(
     heads: Mapping[str, RerankHead],
     targets: Mapping[str, str],
     k: int,
     weights: Sequence[float] = RERANK_WEIGHT_GRID,
-) -> dict[float, float]:
-    """Mean NDCG@k of the reranked lists for each LLM weight of the blend.
+) -> dict[float, dict[str, float]]:
+    """Each user's NDCG@k of the reranked list, for each LLM weight of the blend.
 
     Reproduces the reranker's blend (min-max normalised retrieval and LLM
     scores, stable order); weight 0 is the retrieval order itself.
     """
-    out: dict[float, float] = {}
+    out: dict[float, dict[str, float]] = {}
     for w in weights:
-        gains = []
+        gains: dict[str, float] = {}
         for user, head in heads.items():
             ranked = _reranked(head, w)
             target = targets[user]
-            gains.append(ndcg_at_k(ranked.index(target) if target in ranked else None, k))
-        out[float(w)] = float(np.mean(gains)) if gains else 0.0
+            gains[user] = ndcg_at_k(ranked.index(target) if target in ranked else None, k)
+        out[float(w)] = gains
     return out
 
 
-def tune_rerank_weight(by_weight: Mapping[float, float]) -> float:
-    """The weight with the best NDCG; the smallest among equals, so 0 (rerank off in effect)
-    wins unless the LLM strictly improves validation NDCG."""
-    best = max(by_weight.values())
-    return min(w for w, v in by_weight.items() if v >= best)
+def rerank_ndcg_by_weight(per_user: Mapping[float, Mapping[str, float]]) -> dict[float, float]:
+    """Mean NDCG@k for each weight of `rerank_ndcg_per_user`'s table."""
+    return {w: float(np.mean(list(g.values()))) if g else 0.0 for w, g in per_user.items()}
+
+
+def tune_rerank_weight(
+    per_user: Mapping[float, Mapping[str, float]], *, seed: int = 0
+) -> tuple[float, dict[str, float | int | list[float]] | None]:
+    """The LLM weight to serve, and the best weight's paired lift (None when 0 is the best).
+
+    The weight with the best mean NDCG (the smallest among equals) is kept only
+    when its lift over weight 0 (the retrieval order), paired by user, has a
+    bootstrap interval above 0; otherwise the answer is 0: an LLM call per
+    request is not bought for a gain the validation users do not support.
+    """
+    means = rerank_ndcg_by_weight(per_user)
+    best = max(means.values())
+    weight = min(w for w, v in means.items() if v >= best)
+    if weight == 0.0 or 0.0 not in per_user:
+        return 0.0, None
+    users = sorted(per_user[0.0])
+    lift = paired_bootstrap(
+        [per_user[0.0][u] for u in users], [per_user[weight][u] for u in users], seed=seed
+    )
+    low = lift["ci"][0]  # type: ignore[index]
+    return (weight if low > 0 else 0.0), lift

@@ -13,6 +13,7 @@ from retrieval.evaluate import (
     fusion_grid,
     rank_all,
     rerank_ndcg_by_weight,
+    rerank_ndcg_per_user,
     sample_users,
     tune_fusion,
     tune_rerank_weight,
@@ -118,18 +119,36 @@ def _heads(llm_likes_target: bool) -> tuple[dict[str, RerankHead], dict[str, str
 
 def test_rerank_weight_zero_is_the_retrieval_order():
     heads, targets = _heads(llm_likes_target=True)
-    by_weight = rerank_ndcg_by_weight(heads, targets, k=3)
+    by_weight = rerank_ndcg_by_weight(rerank_ndcg_per_user(heads, targets, k=3))
     assert by_weight[0.0] == pytest.approx(0.5)  # rank 2 → 1/log2(4)
     assert by_weight[1.0] == 1.0
 
 
 def test_rerank_weight_is_chosen_only_when_the_llm_helps():
     helps, targets = _heads(llm_likes_target=True)
-    assert tune_rerank_weight(rerank_ndcg_by_weight(helps, targets, k=3)) > 0
+    weight, lift = tune_rerank_weight(rerank_ndcg_per_user(helps, targets, k=3))
+    assert weight > 0 and lift is not None and lift["ci"][0] > 0
     hurts, targets = _heads(llm_likes_target=False)
-    by_weight = rerank_ndcg_by_weight(hurts, targets, k=3)
-    assert tune_rerank_weight(by_weight) == 0.0
-    assert by_weight[0.0] == max(by_weight.values())
+    per_user = rerank_ndcg_per_user(hurts, targets, k=3)
+    assert tune_rerank_weight(per_user) == (0.0, None)
+    assert rerank_ndcg_by_weight(per_user)[0.0] == max(rerank_ndcg_by_weight(per_user).values())
+
+
+def test_a_rerank_gain_inside_the_noise_keeps_weight_zero():
+    # One user of twenty gains from the LLM, another loses, the rest keep their order: the
+    # best weight's mean is above weight 0's, but the paired interval over users holds 0.
+    heads, targets = {}, {}
+    for u in range(20):
+        ranked = ["x", "z", "y", "w"] if u == 1 else ["x", "y", "z", "w"]
+        llm = [0.0, 0.1, 1.0] if u in (0, 1) else [1.0, 0.5, 0.0]  # 0, 1: the LLM likes 3rd
+        heads[str(u)] = RerankHead(ranked=ranked, retrieval=[0.9, 0.8, 0.7], llm=llm)
+        targets[str(u)] = "z"
+    per_user = rerank_ndcg_per_user(heads, targets, k=3)
+    means = rerank_ndcg_by_weight(per_user)
+    assert max(means.values()) > means[0.0]
+    weight, lift = tune_rerank_weight(per_user)
+    assert weight == 0.0
+    assert lift is not None and lift["ci"][0] <= 0 < lift["mean"]
 
 
 def test_fusion_file_round_trip(tmp_path):

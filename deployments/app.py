@@ -20,7 +20,12 @@ from retrieval.artifacts import manifest_of
 from retrieval.config import AppConfig, resolve_path
 from retrieval.shards import ShardLayout
 
-__all__ = ["build_app"]
+__all__ = ["build_app", "internal_options"]
+
+
+def internal_options(cfg: AppConfig) -> dict[str, Any]:
+    """Serve options of every deployment the router calls (`AppConfig.internal_access_log`)."""
+    return {} if cfg.internal_access_log else {"logging_config": {"enable_access_log": False}}
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -32,13 +37,15 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     cfg = AppConfig.model_validate(args or {})
     manifest = manifest_of(cfg.data_source)
     enc = cfg.encoder
+    # The deployments behind the router: Serve's access log only where the config asks.
+    internal = internal_options(cfg)
     # Fixed num_replicas or autoscaling_config, GPUs and queue depth: see EncoderConfig.
-    encoder = Encoder.options(**enc.deployment_options()).bind(enc.model_dump())
+    encoder = Encoder.options(**enc.deployment_options(), **internal).bind(enc.model_dump())
     layout = ShardLayout(manifest.n_shards, cfg.retriever.shards_per_replica)
     data = {"data_dir": cfg.data_source, "cache_dir": cfg.cache_dir}
     shards = [
         # One replica each (it owns its shards' files); search settings apply in place.
-        bind_shards(data, layout, g, cfg.retriever, manifest.dim)
+        bind_shards(data, layout, g, cfg.retriever, manifest.dim, options=internal)
         for g in range(layout.n_replicas)
     ]
     reranker = None
@@ -53,6 +60,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             max_queued_requests=rr.max_queued_requests,
             # vLLM on CPU takes about a minute to load and answers probes slowly under load.
             health_check_timeout_s=120,
+            **internal,
             ray_actor_options=rr.actor_options(
                 runtime_env={
                     "env_vars": {

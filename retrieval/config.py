@@ -20,7 +20,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 IndexType = Literal["flat", "hnsw", "ivfsq", "ivfpq"]
 INDEX_TYPES: tuple[str, ...] = get_args(IndexType)
 """The shard index types (retrieval/index_types.py says how each is made and searched)."""
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
+Precision = Literal["auto", "fp32", "fp16", "bf16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 Engine = Literal["auto", "torch", "onnx"]
 ENGINES: tuple[str, ...] = get_args(Engine)
@@ -119,11 +119,17 @@ class EncoderConfig(_Placed):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the forward pass runs; `auto` picks CUDA when the replica sees a GPU."""
     precision: Precision = "auto"
-    """`auto`: fp16 on CUDA, fp32 on CPU. `bf16` on CPU is the fast path (bf16 autocast on
-    AVX-512-bf16 CPUs; `llmrec bench encoder` reports its cosine to fp32); fp16 is GPU-only."""
+    """`auto`: fp16 on CUDA; on CPU, int8 where the CPU has VNNI int8 dot products
+    (`retrieval.hardware.select_encoder_precision`), fp32 elsewhere. `int8` runs in ONNX Runtime
+    with per-channel int8 weights in the matrix products and is kept only when its vectors stay
+    within cosine 0.98 of fp32 on probe texts (fp32 otherwise); it halves a lone query's
+    forward pass here. `bf16` is bf16 autocast in PyTorch; fp16 is GPU-only. `llmrec bench
+    encoder` reports each CPU path's cosine to fp32. The catalog is always encoded exactly
+    (fp32 on CPU) by `llmrec build`: only queries use the reduced precision."""
     engine: Engine = "auto"
-    """Forward-pass runtime. `auto`: ONNX Runtime for fp32 on CPU (the model is exported at start
-    and checked against PyTorch to 1e-5; ~2x less CPU per text here), PyTorch otherwise."""
+    """Forward-pass runtime. `auto`: ONNX Runtime for fp32 and int8 on CPU (the model is exported
+    at start and checked against PyTorch, fp32 to 1e-5; ~2x less CPU per text here than PyTorch
+    fp32), PyTorch otherwise."""
     num_replicas: int = Field(1, ge=1, le=64)
     """Fixed replica count (the load tester's sweeps vary it); ignored when `autoscaling` is set."""
     autoscaling: EncoderAutoscalingConfig | None = None
@@ -195,7 +201,14 @@ class EncoderConfig(_Placed):
         if self.precision == "fp16" and (self.device == "cpu" or self.num_gpus == 0):
             raise ValueError("encoder.precision fp16 needs a GPU (num_gpus: 1); on CPU use bf16")
         if self.engine == "onnx" and (self.num_gpus > 0 or self.precision in ("fp16", "bf16")):
-            raise ValueError("encoder.engine onnx runs fp32 on CPU; use engine: torch here")
+            raise ValueError("encoder.engine onnx runs fp32 or int8 on CPU; use engine: torch here")
+        if self.precision == "int8" and (
+            self.num_gpus > 0 or self.device == "cuda" or self.engine == "torch"
+        ):
+            raise ValueError(
+                "encoder.precision int8 runs in ONNX Runtime on CPU (engine auto or onnx, "
+                "num_gpus 0)"
+            )
         scaling = self.autoscaling
         if scaling is not None and scaling.target_ongoing_requests > self.max_ongoing_requests:
             raise ValueError(
@@ -438,6 +451,10 @@ class RouterConfig(_Placed):
     sequential_budget_s: float = Field(60.0, ge=0)
     """Training time `llmrec build` gives the sequential model (self-attention over the
     recent history, `retrieval.sequential`); 0 fits none."""
+    sequential_threads: int = Field(1, ge=1, le=256)
+    """PyTorch intra-op threads of a router replica (the sequential model's forward pass).
+    One user's pass is too small to split: with 2 threads it took the same time as with 1 and
+    twice the CPU (1.85 against 0.9 ms a request on the demo), CPU the rest of the app needs."""
     als_exact_max_items: int = Field(200_000, ge=0)
     """Up to this many items with a nonzero ALS factor, the ALS candidates are the exact
     best (a flat inner-product search); above it, an HNSW graph built when the router loads
@@ -493,6 +510,11 @@ class AppConfig(_Section):
     local `data_dir`."""
     models_dir: str = "~/.cache/llmrec/models"
     """Where `llmrec models prepare` caches converted models."""
+    internal_access_log: bool = False
+    """Serve's access log (a line per call) on the deployments the router calls: encoder,
+    retrievers, reranker. Off: each request is logged once, by the router (the ingress, whose
+    access log stays on); a log line per internal call was about a quarter of a retriever
+    replica's CPU per call (py-spy, `llmrec bench pipeline`)."""
     encoder: EncoderConfig = EncoderConfig()
     retriever: RetrieverConfig = RetrieverConfig()
     reranker: RerankerConfig = RerankerConfig()

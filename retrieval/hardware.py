@@ -15,8 +15,10 @@ from pathlib import Path
 __all__ = [
     "BF16_CPU_FLAGS",
     "DtypeChoice",
+    "INT8_CPU_FLAGS",
     "cpu_flags",
     "cpu_kind",
+    "select_encoder_precision",
     "select_llm_dtype",
     "usable_cores",
     "vllm_cpu_bind",
@@ -24,6 +26,10 @@ __all__ = [
 
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 """CPU flags (as `/proc/cpuinfo` names them) that mean native bf16 arithmetic."""
+
+INT8_CPU_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+"""CPU flags that mean int8 dot-product instructions (VNNI), which ONNX Runtime's int8 matrix
+products use; without them its x86 int8 kernels can saturate and need reduced-range weights."""
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -82,6 +88,28 @@ def select_llm_dtype(
     if native:
         return DtypeChoice("bfloat16", f"CPU has native bf16 ({', '.join(native)})")
     return DtypeChoice("float32", "CPU has no native bf16 (no avx512_bf16/amx_bf16): float32")
+
+
+def select_encoder_precision(
+    requested: str, *, device: str, engine: str, flags: frozenset[str]
+) -> DtypeChoice:
+    """The precision the serving encoder runs `requested` (`auto` or a precision) in.
+
+    `auto` picks fp16 on a GPU; on a CPU, int8 (ONNX Runtime, int8 weights in the
+    matrix products) where the CPU has VNNI (`INT8_CPU_FLAGS`) and the engine may be
+    ONNX Runtime, fp32 elsewhere. An explicit precision is kept as it is. Only the
+    query path uses this: `llmrec build` encodes the catalog at its exact precision.
+    """
+    if requested != "auto":
+        return DtypeChoice(requested, "set in the config")
+    if device == "cuda":
+        return DtypeChoice("fp16", "GPU")
+    if engine == "torch":
+        return DtypeChoice("fp32", "encoder.engine torch: int8 runs in ONNX Runtime only")
+    vnni = sorted(flags & INT8_CPU_FLAGS)
+    if vnni:
+        return DtypeChoice("int8", f"CPU has int8 dot products ({', '.join(vnni)})")
+    return DtypeChoice("fp32", "CPU has no VNNI int8 dot products: fp32")
 
 
 def usable_cores() -> list[int]:

@@ -14,11 +14,13 @@ back per concurrency so they share the machine's conditions:
 Ray starts in this process with Serve's high-throughput mode (HAProxy ingress,
 direct ingress to replicas: `--serve-mode throughput`, what `llmrec up` uses)
 or the default proxy (`--serve-mode default`). The bench also reports the
-quality of the CPU fast paths (ONNX Runtime, which the encoder serves on CPU by
-default, and bf16): the mean cosine of their vectors to PyTorch fp32 on the
+quality of the CPU fast paths (ONNX Runtime in fp32 and int8, one of which the
+encoder serves on CPU by default, and bf16): the mean cosine of their vectors to PyTorch fp32 on the
 demo catalog. Prints a table; `--json FILE` writes
 `{"results": [{"system", "concurrency", "throughput_rps", "p50_ms", "p99_ms"}],
-"cpu_fast_path_cosine" (of the path llmrec served), "cpu_fast_path_cosines", ...}`.
+"cpu_fast_path_cosine" (of the path llmrec served), "cpu_fast_path_cosines",
+"cpu_fast_path_top10_overlap" (the share of 500 bench queries' 10 nearest catalog items, by
+fp32 vectors, that each path's query vectors still find), ...}`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -59,9 +62,12 @@ __all__ = [
 console = Console()
 
 SYSTEMS = ("naive", "llmrec", "peer")
+QUALITY_QUERIES = 500
+"""Bench queries whose catalog neighbours each fast path is compared on."""
 FAST_PATHS: dict[str, dict[str, str]] = {
     # The CPU paths faster than PyTorch fp32 eager, as `SentenceEncoder` arguments.
     "onnx": {"engine": "onnx", "precision": "fp32"},
+    "int8": {"engine": "onnx", "precision": "int8"},
     "bf16": {"engine": "torch", "precision": "bf16"},
 }
 SERVE_MODES: dict[str, dict[str, str]] = {
@@ -128,29 +134,53 @@ def _text_maker(sentences: list[str], titles: list[str]) -> Callable[[int], str]
     return text
 
 
-def fast_path_cosines(model_path: str, texts: list[str]) -> dict[str, float]:
-    """Mean cosine between each CPU fast path's vectors and PyTorch fp32's for `texts`."""
+def fast_path_cosines(
+    model_path: str, texts: list[str], queries: list[str] | None = None, k: int = 10
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per CPU fast path: the mean cosine of its vectors for `texts` to PyTorch fp32's, and, for
+    `queries`, the share of each query's `k` nearest texts (by fp32 vectors of both) that the
+    fast path's query vector still finds among the fp32 vectors of `texts`."""
     from retrieval.encoder import SentenceEncoder
 
     exact = SentenceEncoder(model_path, device="cpu", precision="fp32", engine="torch")
     reference = exact.encode(texts)
-    cosines = {}
+    queries = queries or []
+    exact_top = _top_k(exact.encode(queries), reference, k) if queries else None
+    cosines, overlaps = {}, {}
     for path, options in FAST_PATHS.items():
-        fast = SentenceEncoder(model_path, device="cpu", **options).encode(texts)
-        cosines[path] = float((reference * fast).sum(axis=1).mean())
-    return cosines
+        fast = SentenceEncoder(model_path, device="cpu", **options)
+        cosines[path] = float((reference * fast.encode(texts)).sum(axis=1).mean())
+        if exact_top is not None:
+            top = _top_k(fast.encode(queries), reference, k)
+            shared = [len(set(a) & set(b)) for a, b in zip(top, exact_top, strict=True)]
+            overlaps[path] = sum(shared) / (k * len(queries))
+    return cosines, overlaps
 
 
-def served_fast_path(config: EncoderConfig) -> str | None:
-    """The CPU fast path the llmrec encoder runs with `config` (None: plain fp32 or a GPU)."""
-    from retrieval.encoder import resolve_engine, resolve_precision
+def _top_k(queries: Any, items: Any, k: int) -> list[list[int]]:
+    import numpy as np
+
+    scores = queries @ items.T
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k].tolist()
+
+
+def served_fast_path(config: EncoderConfig, flags: frozenset[str] | None = None) -> str | None:
+    """The CPU fast path the llmrec encoder runs with `config` on a CPU with `flags` (this one's
+    by default); None: plain fp32 in PyTorch, or a GPU."""
+    from retrieval.encoder import resolve_engine
+    from retrieval.hardware import cpu_flags, select_encoder_precision
 
     if config.device not in ("auto", "cpu") or config.num_gpus > 0:
         return None
-    precision = resolve_precision(config.precision, "cpu")
-    if resolve_engine(config.engine, "cpu", precision) == "onnx":
-        return "onnx"
-    return "bf16" if precision == "bf16" else None
+    precision = select_encoder_precision(
+        config.precision,
+        device="cpu",
+        engine=config.engine,
+        flags=cpu_flags() if flags is None else flags,
+    ).dtype
+    if precision in ("int8", "bf16"):
+        return precision
+    return "onnx" if resolve_engine(config.engine, "cpu", precision) == "onnx" else None
 
 
 def _catalog_texts() -> list[str]:
@@ -278,7 +308,7 @@ def _encoder_config(config_path: Path, overrides: list[str]) -> EncoderConfig:
     values = app_cfg.encoder.model_dump()
     for item in overrides:
         key, _, value = item.partition("=")
-        values[key] = json.loads(value) if value[:1] in "0123456789-[{tfn" else value
+        values[key] = yaml.safe_load(value)  # 2048, false, null, fp32: as a YAML config says
     values["cache_size"] = 0  # distinct texts anyway; the bench measures batching, not caching
     return EncoderConfig.model_validate(values)
 
@@ -294,9 +324,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     text = _text_maker(sentences, titles)
 
     with console.status("measuring the CPU fast paths against PyTorch fp32 …"):
-        cosines = fast_path_cosines(model_path, _catalog_texts())
+        queries = [text(k) for k in range(QUALITY_QUERIES)]
+        cosines, overlaps = fast_path_cosines(model_path, _catalog_texts(), queries)
     for path, cosine in cosines.items():
-        console.print(f"CPU fast path {path}: mean cosine to PyTorch fp32 = {cosine:.6f}")
+        console.print(
+            f"CPU fast path {path}: mean cosine to PyTorch fp32 = {cosine:.6f}, "
+            f"top-10 catalog neighbours of {len(queries)} queries kept {overlaps[path]:.1%}"
+        )
     served = served_fast_path(encoder_cfg)
 
     rows: list[dict[str, Any]] = []
@@ -336,6 +370,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_fast_path_cosine": cosines[served] if served else min(cosines.values()),
         "cpu_fast_path": served,
         "cpu_fast_path_cosines": cosines,
+        "cpu_fast_path_top10_overlap": overlaps,
         "serve_mode": args.serve_mode,
         "errors": {f"{r['system']}@{r['concurrency']}": r["errors"] for r in rows if r["errors"]},
         "duration_s": args.duration,
@@ -409,9 +444,13 @@ def print_report(doc: dict[str, Any]) -> None:
                 f"c={top}: llmrec/{other} throughput {ratio:.2f}x, "
                 f"p99 {llmrec['p99_ms']:.0f} vs {base['p99_ms']:.0f} ms"
             )
+    overlaps = doc.get("cpu_fast_path_top10_overlap", {})
     for path, cosine in doc.get("cpu_fast_path_cosines", {}).items():
         served = " (served)" if path == doc.get("cpu_fast_path") else ""
-        console.print(f"CPU fast path {path}{served}: mean cosine to PyTorch fp32 {cosine:.6f}")
+        kept = f", top-10 neighbours kept {overlaps[path]:.1%}" if path in overlaps else ""
+        console.print(
+            f"CPU fast path {path}{served}: mean cosine to PyTorch fp32 {cosine:.6f}{kept}"
+        )
 
 
 def cmd_bench_encoder(args: argparse.Namespace) -> int:

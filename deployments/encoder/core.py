@@ -10,6 +10,7 @@ computation. `stats()` reports cache and batching counters.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -20,12 +21,15 @@ import numpy as np
 from deployments.encoder.batching import BatchPolicy, TokenBatcher
 from deployments.errors import InvalidInput
 from retrieval.config import EncoderConfig
-from retrieval.encoder import SentenceEncoder, TokenEncoder
+from retrieval.encoder import SentenceEncoder, TokenEncoder, pick_device
+from retrieval.hardware import cpu_flags, select_encoder_precision
 from retrieval.models import resolve_encoder
 
 __all__ = ["EmbeddingCache", "EncoderCore", "batch_policy"]
 
 HEALTH_PROBE = "health probe"
+
+log = logging.getLogger(__name__)
 
 
 class EmbeddingCache:
@@ -76,15 +80,29 @@ class EncoderCore:
 
     def __init__(self, config: EncoderConfig, encoder: TokenEncoder | None = None) -> None:
         self.config = config
+        self.precision_choice = select_encoder_precision(
+            config.precision,
+            device=pick_device(config.device),
+            engine=config.engine,
+            flags=cpu_flags(),
+        )
         self.encoder: TokenEncoder = encoder or SentenceEncoder(
             resolve_encoder(config.model),
             model_id=config.model,
             device=config.device,
-            precision=config.precision,
+            precision=self.precision_choice.dtype,
             engine=config.engine,
             max_seq_length=config.max_seq_length,
             torch_threads=config.torch_threads,
             batch_size=config.max_batch_size,
+        )
+        log.info(
+            "encoder %s: %s on %s (asked %s: %s)",
+            config.model,
+            getattr(self.encoder, "precision", "?"),
+            getattr(self.encoder, "engine", "?"),
+            config.precision,
+            self.precision_choice.reason,
         )
         self.dim = self.encoder.dim
         self.cache = EmbeddingCache(config.cache_size)
@@ -141,6 +159,9 @@ class EncoderCore:
         b = self.batcher.stats
         lookups = self.hits + self.misses
         return {
+            # What the forward pass runs in (int8 may have fallen back to fp32 at load).
+            "precision": getattr(self.encoder, "precision", self.precision_choice.dtype),
+            "engine": getattr(self.encoder, "engine", None),
             "cache_hits": self.hits,
             "cache_misses": self.misses,
             "cache_hit_rate": self.hits / lookups if lookups else 0.0,

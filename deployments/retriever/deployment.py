@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from ray import serve
@@ -123,13 +123,16 @@ def bind_shards(
     replica: int,
     config: RetrieverConfig,
     dim: int | None = None,
+    *,
+    options: dict[str, Any] | None = None,
 ) -> Application:
     """The deployment serving `layout.shards_of(replica)`, named `ShardRetriever-<replica>`.
 
     `data` holds the AppConfig's `data_dir` (and optionally `cache_dir`): the replica
     finds the index on the node it runs on, in the folder or in its mirror of a URI. One
     replica (it owns its shards' change logs and snapshots); search-time settings in the
-    user_config (applied in place when only they change).
+    user_config (applied in place when only they change). `options`: more Serve options
+    (the app's `internal_options`).
     """
     init, user = split_config(config)
     return ShardRetriever.options(
@@ -139,4 +142,5 @@ def bind_shards(
         max_queued_requests=config.max_queued_requests,
         user_config=user,
         ray_actor_options=config.actor_options(),
+        **(options or {}),
     ).bind(data, layout.shards_of(replica), layout.n_shards, init, dim)

@@ -195,11 +195,16 @@ class Router:
         self._models_seen = self._model_files()
         self._models_checked = time.monotonic()
         index = self.config.index_path
+        sequential = load_sequential(index)
+        if sequential is not None:
+            import torch  # loaded with the model above
+
+            torch.set_num_threads(self.config.router.sequential_threads)
         return {
             "cf": load_cf(index),
             "als": load_als(index),
             "ease": load_ease(index),
-            "sequential": load_sequential(index),
+            "sequential": sequential,
         }
 
     async def _reload_models_if_changed(self) -> None:

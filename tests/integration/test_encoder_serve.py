@@ -31,7 +31,10 @@ def test_direct_forward_pass_equals_sentence_transformers(minilm):
 
 @pytest.fixture(scope="module")
 def encoder_app(ray_cluster):
-    config = EncoderConfig(num_cpus=0.2, torch_threads=1, batch_wait_timeout_s=0.01, cache_size=64)
+    # fp32: the vectors must equal sentence-transformers' (int8 has its own test).
+    config = EncoderConfig(
+        num_cpus=0.2, torch_threads=1, batch_wait_timeout_s=0.01, cache_size=64, precision="fp32"
+    )
     app = Encoder.options(name="EncoderUnderTest", **config.deployment_options()).bind(
         config.model_dump()
     )
@@ -78,6 +81,27 @@ def test_http_embeddings_match_in_both_encodings(encoder_app, minilm):
     row = np.frombuffer(base64.b64decode(as_b64.json()["data"][0]["embedding"]), "<f4")
     np.testing.assert_allclose(row, expected[0], atol=1e-5)
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "input"
+
+
+def test_int8_vectors_stay_close_to_fp32_and_a_bad_export_falls_back(minilm, monkeypatch):
+    from retrieval import encoder as encoder_module
+    from retrieval.encoder import INT8_MIN_COSINE, SentenceEncoder
+    from retrieval.models import resolve_encoder
+
+    path = resolve_encoder("all-MiniLM-L6-v2")
+    int8 = SentenceEncoder(path, precision="int8", torch_threads=1)
+    assert (int8.engine, int8.precision) == ("onnx", "int8")
+    texts = [*TEXTS, "word " * 400]
+    exact, quantised = minilm.encode(texts), int8.encode(texts)
+    cosines = (exact * quantised).sum(axis=1)
+    assert cosines.min() >= INT8_MIN_COSINE
+    assert np.abs(exact - quantised).max() > 1e-3  # really another forward pass
+    np.testing.assert_allclose(np.linalg.norm(quantised, axis=1), 1.0, atol=1e-5)
+    # An int8 graph that strays past the bound is not served: fp32 in ONNX Runtime instead.
+    monkeypatch.setattr(encoder_module, "INT8_MIN_COSINE", 1.01)
+    fallback = SentenceEncoder(path, precision="int8", torch_threads=1)
+    assert (fallback.engine, fallback.precision) == ("onnx", "fp32")
+    np.testing.assert_allclose(fallback.encode(texts), exact, atol=1e-5)
 
 
 def test_health_probe_answers(encoder_app):

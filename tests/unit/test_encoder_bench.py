@@ -113,22 +113,27 @@ def test_the_reported_fast_path_is_the_one_llmrec_serves(capsys):
     from cluster.bench.encoder import served_fast_path
     from retrieval.config import EncoderConfig
 
-    assert served_fast_path(EncoderConfig(engine="onnx")) == "onnx"
+    vnni, avx2 = frozenset({"avx2", "avx512_vnni"}), frozenset({"avx2"})
+    assert served_fast_path(EncoderConfig(), vnni) == "int8"
+    assert served_fast_path(EncoderConfig(), avx2) == "onnx"
+    assert served_fast_path(EncoderConfig(engine="onnx", precision="fp32"), vnni) == "onnx"
     assert served_fast_path(EncoderConfig(engine="torch", precision="bf16")) == "bf16"
-    assert served_fast_path(EncoderConfig(engine="torch", precision="fp32")) is None
+    assert served_fast_path(EncoderConfig(engine="torch"), vnni) is None
     assert served_fast_path(EncoderConfig(num_gpus=1)) is None
     doc = {
         "results": [
             {"system": "llmrec", "concurrency": 1, "throughput_rps": 1.0, "p50_ms": 1, "p99_ms": 1}
         ],
         "serve_mode": "throughput",
-        "cpu_fast_path": "onnx",
-        "cpu_fast_path_cosines": {"onnx": 0.999999, "bf16": 0.99998},
+        "cpu_fast_path": "int8",
+        "cpu_fast_path_cosines": {"onnx": 0.999999, "int8": 0.993, "bf16": 0.99998},
+        "cpu_fast_path_top10_overlap": {"onnx": 1.0, "int8": 0.912, "bf16": 0.998},
     }
     print_report(doc)
     out = capsys.readouterr().out
-    assert "onnx (served): mean cosine to PyTorch fp32 0.999999" in out
+    assert "int8 (served): mean cosine to PyTorch fp32 0.993000" in out
     assert "bf16: mean cosine to PyTorch fp32 0.999980" in out
+    assert "91.2%" in out and "99.8%" in out
 
 
 async def test_a_refused_bench_client_waits_the_retry_after_it_was_given():

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from retrieval.config import PROJECT_ROOT, AppConfig, EncoderConfig
-from retrieval.encoder import resolve_precision
+from retrieval.encoder import resolve_engine, resolve_precision
+from retrieval.hardware import select_encoder_precision
 
 
 @pytest.mark.parametrize(
@@ -18,6 +19,8 @@ from retrieval.encoder import resolve_precision
         ({"device": "cpu", "num_gpus": 1}, "encoder.num_gpus"),
         ({"precision": "fp16"}, "encoder.precision"),
         ({"engine": "onnx", "precision": "bf16"}, "encoder.engine"),
+        ({"engine": "torch", "precision": "int8"}, "encoder.precision"),
+        ({"device": "cuda", "num_gpus": 1, "precision": "int8"}, "encoder.precision"),
         ({"autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "encoder.autoscaling"),
         (
             {"autoscaling": {"target_ongoing_requests": 512}, "max_ongoing_requests": 256},
@@ -86,3 +89,31 @@ def test_precision_auto_is_fp16_on_gpu_and_fp32_on_cpu():
         resolve_precision("fp16", "cpu")
     with pytest.raises(ValueError, match="encoder.precision"):
         resolve_precision("int4", "cpu")
+
+
+@pytest.mark.parametrize(
+    "flags, engine, expected",
+    [
+        ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "auto", "int8"),  # Xeon, AMX era
+        ({"avx2", "avx_vnni"}, "auto", "int8"),  # AVX-VNNI without AVX-512
+        ({"avx2", "avx512f"}, "auto", "fp32"),  # AVX-512 without VNNI
+        ({"avx2"}, "auto", "fp32"),  # AVX2 only: int8 kernels may saturate there
+        ({"avx2", "avx512_vnni"}, "torch", "fp32"),  # int8 needs ONNX Runtime
+        ({"avx2", "avx512_vnni"}, "onnx", "int8"),
+    ],
+)
+def test_serving_precision_auto_follows_the_cpu_flags(flags, engine, expected):
+    choice = select_encoder_precision("auto", device="cpu", engine=engine, flags=frozenset(flags))
+    assert choice.dtype == expected, choice.reason
+    assert resolve_engine(engine, "cpu", choice.dtype) == ("torch" if engine == "torch" else "onnx")
+
+
+def test_serving_precision_keeps_what_the_config_says_and_fp16_on_gpu():
+    vnni = frozenset({"avx512_vnni"})
+    for asked, device, expected in [("fp32", "cpu", "fp32"), ("auto", "cuda", "fp16")]:
+        choice = select_encoder_precision(asked, device=device, engine="auto", flags=vnni)
+        assert choice.dtype == expected
+    with pytest.raises(ValueError, match="encoder.precision int8"):
+        resolve_precision("int8", "cuda")
+    with pytest.raises(ValueError, match="encoder.precision int8"):
+        resolve_engine("torch", "cpu", "int8")

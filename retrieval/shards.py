@@ -82,11 +82,14 @@ class Found(NamedTuple):
 
     `scored` holds the inner product of the query with each asked-about item the
     shard holds (live, and in `categories` when given), so candidates proposed by
-    other sources get their cosine without their rows crossing a hop.
+    other sources get their cosine without their rows crossing a hop. `rows` holds
+    the rows and vectors of the best `rows_for` nearest when the caller asked for
+    them (a query-only request, whose shown items are mostly these): no second call.
     """
 
     nearest: list[Scored]
     scored: list[Scored]
+    rows: dict[str, tuple[Hit, np.ndarray]] | None = None
 
 
 def _by_category(categories: Sequence[list[str] | None]) -> dict[str, np.ndarray]:
@@ -391,12 +394,12 @@ class Shard:
         exclude: Iterable[str] = (),
         categories: Sequence[str] | None = None,
         also: Iterable[str] = (),
+        rows_for: int = 0,
     ) -> Found:
-        """`search_ids`, and `score_ids` of `also` (see `Found`)."""
-        return Found(
-            self.search_ids(query, k, exclude=exclude, categories=categories),
-            self.score_ids(query, also, categories),
-        )
+        """`search_ids`, `score_ids` of `also`, and the rows of the best `rows_for` (`Found`)."""
+        nearest = self.search_ids(query, k, exclude=exclude, categories=categories)
+        rows = self.lookup(s.item_id for s in nearest[:rows_for]) if rows_for > 0 else None
+        return Found(nearest, self.score_ids(query, also, categories), rows)
 
     def _top(
         self,

@@ -121,9 +121,13 @@ class ShardRetrieverCore:
         exclude: Sequence[str] = (),
         categories: Sequence[str] | None = None,
         also: Sequence[str] = (),
+        rows_for: int = 0,
     ) -> Found:
-        """The top `k` as ids and scores, and the scores of the `also` items (`Shard.find`)."""
-        return self.shard.find(vector, k, exclude=exclude, categories=categories, also=also)
+        """The top `k` as ids and scores, the scores of the `also` items, and the rows of the
+        best `rows_for` (`Shard.find`)."""
+        return self.shard.find(
+            vector, k, exclude=exclude, categories=categories, also=also, rows_for=rows_for
+        )
 
     def lookup(self, item_ids: Sequence[str]) -> dict[str, tuple[Hit, np.ndarray]]:
         return self.shard.lookup(item_ids)
@@ -221,18 +225,18 @@ class ShardGroupCore:
         exclude: Sequence[str] = (),
         categories: Sequence[str] | None = None,
         also: Sequence[str] = (),
+        rows_for: int = 0,
     ) -> Found:
         """The `k` best of this group's shards, each searched without the `exclude` it owns,
-        and the scores of the `also` items they hold."""
+        the scores of the `also` items they hold, and the rows of the best `rows_for`."""
         excluded, asked = self._by_owner(exclude), self._by_owner(also)
         found = [
             c.search_ids(vector, k, excluded[s], categories, asked[s])
             for s, c in self.cores.items()
         ]
-        return Found(
-            merge_top_k([f.nearest for f in found], k),
-            [scored for f in found for scored in f.scored],
-        )
+        nearest = merge_top_k([f.nearest for f in found], k)
+        rows = self.lookup([s.item_id for s in nearest[:rows_for]]) if rows_for > 0 else None
+        return Found(nearest, [scored for f in found for scored in f.scored], rows)
 
     def lookup(self, item_ids: Sequence[str]) -> dict[str, tuple[Hit, np.ndarray]]:
         found: dict[str, tuple[Hit, np.ndarray]] = {}

@@ -93,10 +93,13 @@ class ShardRetriever:
         exclude: list[str],
         categories: list[str] | None,
         also: list[str] | None = None,
+        rows_for: int = 0,
     ) -> Found:
-        """The top `k` as ids and scores, and the scores of the `also` items: what the router
-        asks (it fetches rows only for the candidates it keeps)."""
-        return await self._search(self.core.search_ids, vector, k, exclude, categories, also or [])
+        """The top `k` as ids and scores, the scores of the `also` items, and the rows of the
+        best `rows_for`: what the router asks (rows only for the candidates it may show)."""
+        return await self._search(
+            self.core.search_ids, vector, k, exclude, categories, also or [], rows_for
+        )
 
     async def lookup(self, item_ids: list[str]) -> dict[str, tuple[Hit, np.ndarray]]:
         return await asyncio.to_thread(self.core.lookup, item_ids)

@@ -94,7 +94,8 @@ class ShardClient(Protocol):
     """One retriever replica as the router sees it (a Serve handle or a local core).
 
     It serves the shards `ShardLayout.shards_of` gives it: a search covers all of
-    them (best first, merged), a lookup answers the ids they hold.
+    them (best first, merged) and, asked `rows_for`, carries the rows of its best
+    that many; a lookup answers the ids they hold.
     """
 
     async def search_ids(
@@ -104,6 +105,7 @@ class ShardClient(Protocol):
         exclude: list[str],
         categories: list[str] | None,
         also: list[str],
+        rows_for: int = 0,
     ) -> Found: ...
 
     async def lookup(self, item_ids: list[str]) -> dict[str, tuple[Hit, np.ndarray]]: ...
@@ -482,14 +484,21 @@ class RouterCore:
         return results
 
     async def _lookup(
-        self, item_ids: list[str], clock: _Clock, degraded: list[str]
+        self,
+        item_ids: list[str],
+        clock: _Clock,
+        degraded: list[str],
+        known: dict[str, tuple[Hit, np.ndarray]] | None = None,
     ) -> dict[str, tuple[Hit, np.ndarray]]:
-        """Rows and vectors of `item_ids` that exist: cached ones, the rest from their replicas."""
+        """Rows and vectors of `item_ids` that exist: `known` (this request's, fetched with its
+        search) and cached ones, the rest from their replicas."""
         cache = self.item_rows
         found: dict[str, tuple[Hit, np.ndarray]] = {}
         missing = []
         for item_id in item_ids:
-            row = cache.get(item_id) if cache is not None else None
+            row = (known or {}).get(item_id)
+            if row is None and cache is not None:
+                row = cache.get(item_id)
             if row is not None:
                 found[item_id] = row
             else:
@@ -587,13 +596,21 @@ class RouterCore:
         # One call per replica: its nearest items (without the seen ones its shards own)
         # and the cosine of the collaborative proposals they hold, ids and scores only.
         seen_by_replica, asked = self._by_replica(seen), self._by_replica(proposed)
+        # Without a history the shown items are mostly the nearest (the pool has no
+        # collaborative proposals): their rows come with the search, sparing a second call.
+        rows_with_search = 0 if history_ids else rows_for
         calls = {
-            g: shard.search_ids(vector, n, seen_by_replica[g], categories, asked[g])
+            g: shard.search_ids(
+                vector, n, seen_by_replica[g], categories, asked[g], rows_with_search
+            )
             for g, shard in enumerate(self.shards)
         }
         t = time.perf_counter()
         results = await self._gather_shards(calls, clock, degraded)
         clock.lap("search", t)  # the retrieve stage's wait on its shard calls
+        prefetched = {i: row for r in results.values() for i, row in (r.rows or {}).items()}
+        if self.item_rows is not None:
+            self.item_rows.update(prefetched)
         ann = {
             hit.item_id: hit.score for hit in merge_top_k([r.nearest for r in results.values()], n)
         }
@@ -631,8 +648,8 @@ class RouterCore:
         # Rows (title, text, categories) only for the candidates that can be shown or reranked.
         best = sorted(pool, key=lambda c: -c.score)[:rows_for]
         t = time.perf_counter()
-        rows = await self._lookup([c.item_id for c in best], clock, degraded)
-        clock.lap("rows", t)  # cached rows, plus one lookup per replica for the rest
+        rows = await self._lookup([c.item_id for c in best], clock, degraded, prefetched)
+        clock.lap("rows", t)  # rows that came with the search or were cached, else looked up
         gone = set()
         for c in best:
             if c.item_id in rows:

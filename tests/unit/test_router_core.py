@@ -35,14 +35,16 @@ class LocalShard:
         self.looked_up: list[str] = []
         self.excluded: list[list[str]] = []
 
-    async def search_ids(self, vector, k, exclude, categories, also):
+    async def search_ids(self, vector, k, exclude, categories, also, rows_for=0):
         await asyncio.sleep(self.delay)
         if self.bug:
             raise KeyError("a bug in the shard, not an outage")
         if self.fail:
             raise BackendUnavailable("ShardRetriever-0 did not answer")
         self.excluded.append(list(exclude))
-        return self.shard.find(vector, k, exclude=exclude, categories=categories, also=also)
+        return self.shard.find(
+            vector, k, exclude=exclude, categories=categories, also=also, rows_for=rows_for
+        )
 
     async def lookup(self, item_ids):
         await asyncio.sleep(self.delay)
@@ -570,6 +572,20 @@ async def test_a_returning_users_history_comes_from_the_row_cache(world):
     core.forget_items(["2"])  # an upsert or delete of item 2 through this replica
     await core.recommend(RecommendRequest(user_id="u1", k=5))
     assert looked_up(core) == ["2"]
+
+
+async def test_a_query_only_request_gets_its_rows_with_the_search(world):
+    # No history, no cache: the shown items' rows came with the one search call per replica.
+    off = AppConfig(router=RouterConfig(item_cache_size=0))
+    core = make_core(world, cf=False, config=off)
+    answer = await core.recommend(RecommendRequest(query="9", k=10))
+    assert looked_up(core) == [] and len(answer.items) == 10
+    rows = {i: hit for shard in world[1] for i, (hit, _) in shard.lookup(ids(answer)).items()}
+    assert [i.title for i in answer.items] == [rows[i].title for i in ids(answer)]
+    # With a history the pool holds proposals the search does not rank: rows are looked up.
+    with_history = make_core(world, config=off, histories={"u1": ["1", "2"]})
+    await with_history.recommend(RecommendRequest(user_id="u1", query="9", k=10))
+    assert looked_up(with_history)
 
 
 async def test_each_shard_is_sent_only_the_seen_items_it_owns(world):

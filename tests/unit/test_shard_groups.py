@@ -97,8 +97,10 @@ class GroupClient:
             raise BackendUnavailable("ShardRetriever did not answer")
         return fn(*args)
 
-    async def search_ids(self, vector, k, exclude, categories, also):
-        return await self._call(self.core.search_ids, vector, k, exclude, categories, also)
+    async def search_ids(self, vector, k, exclude, categories, also, rows_for=0):
+        return await self._call(
+            self.core.search_ids, vector, k, exclude, categories, also, rows_for
+        )
 
     async def lookup(self, item_ids):
         return await self._call(self.core.lookup, item_ids)

@@ -24,8 +24,10 @@ class LocalShard:
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
 
-    async def search_ids(self, vector, k, exclude, categories, also):
-        return self.shard.find(vector, k, exclude=exclude, categories=categories, also=also)
+    async def search_ids(self, vector, k, exclude, categories, also, rows_for=0):
+        return self.shard.find(
+            vector, k, exclude=exclude, categories=categories, also=also, rows_for=rows_for
+        )
 
     async def lookup(self, item_ids):
         return self.shard.lookup(item_ids)

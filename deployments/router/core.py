@@ -492,11 +492,11 @@ class RouterCore:
     ) -> dict[str, tuple[Hit, np.ndarray]]:
         """Rows and vectors of `item_ids` that exist: `known` (this request's, fetched with its
         search) and cached ones, the rest from their replicas."""
-        cache = self.item_rows
+        cache, known = self.item_rows, known or {}
         found: dict[str, tuple[Hit, np.ndarray]] = {}
         missing = []
         for item_id in item_ids:
-            row = (known or {}).get(item_id)
+            row = known.get(item_id)
             if row is None and cache is not None:
                 row = cache.get(item_id)
             if row is not None:

@@ -25,10 +25,12 @@ wall-clock `time_budget_s` (default 60 s) ran out, whichever comes first.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,7 +41,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["SequentialModel"]
+__all__ = ["SequentialModel", "choose_engine"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ _FULL_SOFTMAX_MAX_ITEMS = 20_000
 """Up to this many catalog items training scores every item; above it, sampled softmax."""
 _NEGATIVES = 256
 """Uniform negatives per batch for sampled softmax, shared by every position in it."""
+ONNX_MAX_GAP = 1e-3
+"""How far ONNX Runtime's scores may be from PyTorch's on the probe histories (absolute)."""
 
 
 class _SelfAttentiveNetwork(nn.Module):
@@ -79,7 +83,7 @@ class _SelfAttentiveNetwork(nn.Module):
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         width = seq.shape[1]
-        back = torch.arange(width - 1, -1, -1, device=seq.device)  # 0 = the latest item
+        back = torch.arange(width, device=seq.device).flip(0)  # 0 = the latest item
         x = self.item(seq) * math.sqrt(self.item.embedding_dim) + self.position(back)
         x = self.encoder(self.dropout(x), mask=self._mask(seq))
         return self.norm(x)
@@ -90,10 +94,10 @@ class _SelfAttentiveNetwork(nn.Module):
         Every position may attend to itself, so a padding position (whose output is never
         used) still has one key: a row with none would give NaN that spreads to the rest.
         """
-        width = seq.shape[1]
-        later = torch.ones(width, width, dtype=torch.bool, device=seq.device).triu(1)
-        blocked = later[None] | (seq == 0)[:, None, :]
-        blocked &= ~torch.eye(width, dtype=torch.bool, device=seq.device)[None]
+        position = torch.arange(seq.shape[1], device=seq.device)
+        later = position[None, :] > position[:, None]  # (query, key): the key comes later
+        itself = position[None, :] == position[:, None]
+        blocked = (later[None] | (seq == 0)[:, None, :]) & ~itself[None]
         return blocked.repeat_interleave(self.heads, dim=0)
 
     def scores(self, seq: torch.Tensor) -> torch.Tensor:
@@ -134,6 +138,9 @@ class SequentialModel:
         self.heads = heads
         self.blocks = blocks
         self.epochs_run = epochs_run
+        self._session = None  # ONNX Runtime's, once `use_onnx` succeeded
+        self.engine = "torch"
+        """What `scores` runs in: `torch`, or `onnx` after `use_onnx`."""
 
     @property
     def n_parameters(self) -> int:
@@ -256,14 +263,107 @@ class SequentialModel:
         used = [r for r, row in enumerate(rows) if row]
         if not used or not self.item_ids:
             return out
-        width = max(len(rows[r]) for r in used)
+        # ONNX Runtime's graph has the fixed width max_len; left padding changes no score.
+        width = self.max_len if self._session else max(len(rows[r]) for r in used)
         seq = np.zeros((len(used), width), dtype=np.int64)
         for n, r in enumerate(used):
             seq[n, width - len(rows[r]) :] = rows[r]
-        self.network.eval()
-        with torch.inference_mode():
-            out[used] = self.network.scores(torch.from_numpy(seq)).numpy()
+        out[used] = self._network_scores(seq)
         return out
+
+    def _network_scores(self, seq: np.ndarray) -> np.ndarray:
+        if self._session is not None:
+            return self._session.run(None, {"seq": seq})[0]
+        with torch.inference_mode():
+            return self.network.scores(torch.from_numpy(seq)).numpy()
+
+    def use_onnx(self, threads: int = 1) -> None:
+        """Score in ONNX Runtime from now on (the network is unchanged; training stays torch).
+
+        A one-user forward pass is a few dozen small operators, where PyTorch eager's cost per
+        operator dominates. The network is exported in memory at the fixed width `max_len`
+        (histories are left-padded to it) and kept only when its scores on probe histories are
+        within `ONNX_MAX_GAP` of PyTorch's. Raises RuntimeError, still scoring in PyTorch,
+        when ONNX Runtime is missing, the export fails or the scores disagree.
+        """
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise RuntimeError(f"onnxruntime is not installed: {exc}") from exc
+        probes = self._probe_histories()
+        expected = self.scores_batch(probes)
+        buffer = io.BytesIO()
+        example = torch.zeros((2, self.max_len), dtype=torch.int64)
+        example[:, -1] = 1
+        try:
+            # With gradients on, the encoder layers take their exportable (non-fused) path.
+            with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
+                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
+                torch.onnx.export(
+                    _Scores(self.network).eval(),
+                    (example,),
+                    buffer,
+                    input_names=["seq"],
+                    output_names=["scores"],
+                    dynamic_axes={"seq": {0: "batch"}, "scores": {0: "batch"}},
+                    opset_version=17,
+                    dynamo=False,
+                )
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            # Worker threads that spin between operators burn cores other processes need.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session = ort.InferenceSession(
+                buffer.getvalue(), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # the exporter and ORT raise many kinds
+            raise RuntimeError(f"could not export the sequential model to ONNX: {exc}") from exc
+        self._session = session
+        got = self.scores_batch(probes)
+        gap = float(np.abs(got - expected).max()) if expected.size else 0.0
+        if not gap <= ONNX_MAX_GAP:
+            self._session = None
+            raise RuntimeError(
+                f"ONNX Runtime's sequential scores differ from PyTorch's by {gap:.2g} "
+                f"(more than {ONNX_MAX_GAP})"
+            )
+        self.engine = "onnx"
+
+    def _probe_histories(self) -> list[list[str]]:
+        """Seeded histories of one item, half the window and more than the window."""
+        rng = np.random.default_rng(0)
+        return [
+            [self.item_ids[i] for i in rng.integers(0, len(self.item_ids), size=n)]
+            for n in (1, max(1, self.max_len // 2), self.max_len + 3)
+        ]
+
+
+def choose_engine(model: SequentialModel, engine: str, threads: int = 1) -> str:
+    """Make `model` score in `engine` (`router.sequential_engine`) and return what it scores in.
+
+    `auto`: ONNX Runtime when `use_onnx` succeeds, else PyTorch (with a warning); `onnx`:
+    ONNX Runtime or RuntimeError; `torch`: PyTorch eager.
+    """
+    if engine != "torch":
+        try:
+            model.use_onnx(threads)
+        except RuntimeError as exc:
+            if engine == "onnx":
+                raise
+            logger.warning("the sequential model scores in PyTorch: %s", exc)
+    return model.engine
+
+
+class _Scores(nn.Module):
+    """`scores` as a module's forward, for the exporter."""
+
+    def __init__(self, network: _SelfAttentiveNetwork) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.network.scores(seq)
 
 
 def _user_sequences(interactions: pa.Table, item_ids: Sequence[str]) -> list[np.ndarray]:

@@ -49,6 +49,7 @@ from retrieval.config import AppConfig
 from retrieval.fusion import load_fusion
 from retrieval.injection import describe_flagged, flagged_items
 from retrieval.privacy import UserRefs
+from retrieval.sequential import choose_engine
 from retrieval.shards import ShardLayout, load_manifest
 
 __all__ = ["Router", "api"]
@@ -199,7 +200,10 @@ class Router:
         if sequential is not None:
             import torch  # loaded with the model above
 
-            torch.set_num_threads(self.config.router.sequential_threads)
+            rc = self.config.router
+            torch.set_num_threads(rc.sequential_threads)
+            engine = choose_engine(sequential, rc.sequential_engine, rc.sequential_threads)
+            log.info("the sequential model scores in %s", engine)
         return {
             "cf": load_cf(index),
             "als": load_als(index),

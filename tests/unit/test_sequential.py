@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from retrieval.evaluate import SequentialRanker
-from retrieval.sequential import SequentialModel, _user_sequences, _windows
+from retrieval.sequential import SequentialModel, _user_sequences, _windows, choose_engine
 from retrieval.user_scores import sequential_scores
 
 SERIES = [f"s{i}" for i in range(8)]
@@ -209,3 +209,44 @@ def test_router_scores_are_the_probability_relative_to_the_best_unseen(series_mo
     assert scores.of(["s2"])[0] == 1.0 and list(scores.of(history)) == [0.0, 0.0]
     assert len(scores.top) == 3 and scores.of(["not-an-item"])[0] == 0.0
     assert sequential_scores(series_model, ["not-an-item"], seen=[], n=3) is None
+
+
+def test_onnx_runtime_scores_as_pytorch_does(series_model, tmp_path):
+    series_model.save(tmp_path / "sequential.npz")
+    model = SequentialModel.load(tmp_path / "sequential.npz")
+    histories = [["s2"], ["s6", "s7"], SERIES, [*SERIES, *SERIES, "s1"], ["nope"], []]
+    expected = model.scores_batch(histories)
+    model.use_onnx(threads=1)
+    assert model.engine == "onnx" and model._session is not None
+    got = model.scores_batch(histories)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+    assert not got[4].any() and not got[5].any()
+    # The learnt order is the same: each series item is still followed by the next.
+    assert _top(model, ["s0", "s1", "s2"]) == "s3"
+    # Dropout stays off after the export: two calls give the same scores.
+    np.testing.assert_array_equal(model.scores(SERIES), model.scores(SERIES))
+    assert not model.network.training
+
+
+def test_onnx_scores_that_disagree_keep_pytorch(series_model, tmp_path, monkeypatch):
+    import retrieval.sequential as sequential
+
+    series_model.save(tmp_path / "sequential.npz")
+    model = SequentialModel.load(tmp_path / "sequential.npz")
+    expected = model.scores(SERIES)
+    monkeypatch.setattr(sequential, "ONNX_MAX_GAP", -1.0)  # no gap is small enough
+    with pytest.raises(RuntimeError, match="differ from PyTorch"):
+        model.use_onnx()
+    assert model.engine == "torch" and model._session is None
+    np.testing.assert_array_equal(model.scores(SERIES), expected)
+    # The router's choice: auto falls back to PyTorch, onnx refuses to start.
+    assert choose_engine(model, "auto") == "torch"
+    with pytest.raises(RuntimeError):
+        choose_engine(model, "onnx")
+
+
+def test_the_router_engine_choice(series_model, tmp_path):
+    series_model.save(tmp_path / "sequential.npz")
+    assert choose_engine(SequentialModel.load(tmp_path / "sequential.npz"), "torch") == "torch"
+    assert choose_engine(SequentialModel.load(tmp_path / "sequential.npz"), "auto") == "onnx"
+    assert choose_engine(SequentialModel.load(tmp_path / "sequential.npz"), "onnx") == "onnx"

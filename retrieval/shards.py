@@ -91,6 +91,20 @@ class Found(NamedTuple):
     scored: list[Scored]
     rows: dict[str, tuple[Hit, np.ndarray]] | None = None
 
+    def __reduce__(self):
+        # Across a Serve hop as plain (id, score) tuples: pickling hundreds of NamedTuples
+        # one by one cost the router and the retriever about 0.5 ms a search between them.
+        return _found, (list(map(tuple, self.nearest)), list(map(tuple, self.scored)), self.rows)
+
+
+def _found(
+    nearest: list[tuple[str, float]],
+    scored: list[tuple[str, float]],
+    rows: dict[str, tuple[Hit, np.ndarray]] | None,
+) -> Found:
+    """A `Found` again from what `Found.__reduce__` sent."""
+    return Found(list(map(Scored._make, nearest)), list(map(Scored._make, scored)), rows)
+
 
 def _by_category(categories: Sequence[list[str] | None]) -> dict[str, np.ndarray]:
     rows: dict[str, list[int]] = {}

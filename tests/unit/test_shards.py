@@ -2,9 +2,10 @@ import json
 
 import numpy as np
 import pytest
+from ray import cloudpickle
 
 from retrieval.merge import merge_top_k
-from retrieval.shards import Hit, IndexIntegrityError, Shard, load_manifest, shard_of
+from retrieval.shards import Hit, IndexIntegrityError, Scored, Shard, load_manifest, shard_of
 from tests.factories import make_shards
 
 
@@ -67,6 +68,20 @@ def test_search_ids_answers_what_search_does_without_the_rows(index):
         merged = merge_top_k([s.search_ids(q, 10, exclude=exclude) for s in shards], 10)
         allowed = np.array([str(i + 1) not in exclude for i in range(len(vectors))])
         assert [s.item_id for s in merged] == exact_top_k(vectors, q, 10, allowed)
+
+
+def test_a_found_crosses_a_hop_whole(index):
+    _, _, vectors, _, shards = index
+    found = shards[0].find(vectors[3], 10, also=[str(i) for i in range(1, 60)], rows_for=3)
+    assert found.nearest and found.scored and len(found.rows) == 3
+    back = cloudpickle.loads(cloudpickle.dumps(found))
+    assert back.nearest == found.nearest and back.scored == found.scored
+    assert all(type(s) is Scored for s in [*back.nearest, *back.scored])
+    assert back.nearest[0].item_id == found.nearest[0].item_id
+    assert back.rows.keys() == found.rows.keys()
+    for item_id, (hit, vector) in found.rows.items():
+        assert back.rows[item_id][0] == hit
+        np.testing.assert_array_equal(back.rows[item_id][1], vector)
 
 
 def test_unknown_category_returns_nothing(index):

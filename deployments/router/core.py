@@ -534,6 +534,8 @@ class RouterCore:
 
     def _by_replica(self, item_ids: Iterable[str]) -> dict[int, list[str]]:
         """`item_ids` split by the retriever replica that serves them (every replica a key)."""
+        if len(self.shards) == 1:  # one replica serves every shard: nothing to hash
+            return {0: list(item_ids)}
         parts: dict[int, list[str]] = {g: [] for g in range(len(self.shards))}
         for item_id in item_ids:
             parts[self.layout.replica(item_id)].append(item_id)

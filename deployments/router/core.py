@@ -384,8 +384,8 @@ class RouterCore:
     async def _candidates(
         self, req: RecommendRequest, clock: _Clock, degraded: list[str], rows_for: int
     ) -> tuple[list[str], dict[str, tuple[Hit, np.ndarray]], list[_Candidate]]:
-        """History ids, their rows and vectors, and the scored candidate pool of `req`; the
-        best `rows_for` candidates carry their rows."""
+        """History ids, their rows and vectors, and the scored candidate pool of `req`: with
+        `rows_for` > 0 only its best `rows_for`, with their rows (see `_retrieve`)."""
         cfg = self.config.router
         t = time.perf_counter()
         stored: list[str] = []
@@ -590,7 +590,8 @@ class RouterCore:
         degraded: list[str],
         rows_for: int,
     ) -> list[_Candidate]:
-        """The fused pool; only its best `rows_for` carry their rows (the rest: `hit` None)."""
+        """The fused pool: with `rows_for` > 0 its best `rows_for` (best first) with their rows,
+        else all of it without rows."""
         n = max(k, self.config.retriever.candidates)
         models = self._models  # the same models for the whole request, even across a swap
         collaborative = self._collaborative(models, history_ids, seen)
@@ -633,32 +634,29 @@ class RouterCore:
         if models.cf is not None and models.popularity is not None:
             features[:, _POP] = _gather(models.popularity, models.cf.index, item_ids)
         scores = weights.score(features, len(history_ids))
+        # Candidates are built for what can be shown or reranked: the best `rows_for`, best
+        # first (ties in pool order); with rows_for 0 (the offline pool), all, in pool order.
+        if rows_for > 0:
+            chosen = np.argsort(-scores, kind="stable")[:rows_for]
+        else:
+            chosen = range(len(item_ids))
         proposers = {source: set(s.top) for source, s in collaborative.items()}
-        pool = [
-            _Candidate(
-                item_id=item_id,
-                hit=None,
-                features=row,
-                sources=[
-                    *(["ann"] if item_id in ann else []),
-                    *(source for source, ids in proposers.items() if item_id in ids),
-                ],
-                score=float(score),
-            )
-            for item_id, row, score in zip(item_ids, features, scores, strict=True)
-        ]
-        # Rows (title, text, categories) only for the candidates that can be shown or reranked.
-        best = sorted(pool, key=lambda c: -c.score)[:rows_for]
+        pool = []
+        for p in chosen:
+            item_id = item_ids[p]
+            sources = ["ann"] if item_id in ann else []
+            sources += [source for source, ids in proposers.items() if item_id in ids]
+            pool.append(_Candidate(item_id, None, features[p], sources, float(scores[p])))
+        if rows_for <= 0:
+            return pool
         t = time.perf_counter()
-        rows = await self._lookup([c.item_id for c in best], clock, degraded, prefetched)
+        rows = await self._lookup([c.item_id for c in pool], clock, degraded, prefetched)
         clock.lap("rows", t)  # rows that came with the search or were cached, else looked up
-        gone = set()
-        for c in best:
+        for c in pool:
             if c.item_id in rows:
                 c.hit = rows[c.item_id][0]
-            else:  # deleted since the search, or its replica failed the lookup
-                gone.add(c.item_id)
-        return [c for c in pool if c.item_id not in gone]
+        # Those without a row were deleted since the search, or their replica failed the lookup.
+        return [c for c in pool if c.hit is not None]
 
     async def _popular(
         self,

@@ -275,7 +275,8 @@ class RetrieverConfig(_Placed):
     """Searches that have recently taken less than this run on the replica's event loop; slower
     ones run in a worker thread (FAISS releases the GIL) so the loop keeps taking requests. A
     thread hop costs milliseconds on busy cores (waiting for the GIL), more than an HNSW or IVF
-    search over 250k items; 0 sends every search to a thread."""
+    search over 250k items; 0 sends every search to a thread. Lookups (rows and vectors by id)
+    follow the same rule, timed apart from the searches."""
     index: IndexBuildConfig = IndexBuildConfig()
     """Build-time index choice (search-time knobs below apply without a rebuild)."""
     nprobe: int = Field(16, ge=1, le=65_536)

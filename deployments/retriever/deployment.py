@@ -7,7 +7,7 @@ exactly one replica; reads scale with more shards. Search-time settings arrive a
 deployment's `user_config` and apply in place (`reconfigure`), without a reload.
 FAISS releases the GIL, so slow searches run in threads off the event loop; fast
 ones (see `RetrieverConfig.inline_search_ms`) run on it, where they cost less
-than the hop to a thread.
+than the hop to a thread. Lookups follow the same rule, timed on their own.
 """
 
 from __future__ import annotations
@@ -62,23 +62,27 @@ class ShardRetriever:
             index_dir, shard_nos, n_shards, RetrieverConfig.model_validate(config), dim
         )
         self.timer = SearchTimer(self.core.config.inline_search_ms / 1e3)
+        self.lookup_timer = SearchTimer(self.core.config.inline_search_ms / 1e3)
 
     def reconfigure(self, config: dict) -> None:
         self.core.configure(RetrieverConfig.model_validate(config))
         # New search settings: forget the old timings, start inline and measure again.
         self.timer = SearchTimer(self.core.config.inline_search_ms / 1e3)
+        self.lookup_timer = SearchTimer(self.core.config.inline_search_ms / 1e3)
 
-    def _timed(self, search: Callable[..., T], *args) -> T:
+    @staticmethod
+    def _timed(timer: SearchTimer, work: Callable[..., T], *args) -> T:
         started = time.perf_counter()
-        found = search(*args)
-        self.timer.record(time.perf_counter() - started)
-        return found
+        out = work(*args)
+        timer.record(time.perf_counter() - started)
+        return out
 
-    async def _search(self, search: Callable[..., T], *args) -> T:
-        """Inline while searches are fast, else in a worker thread (see `SearchTimer`)."""
-        if self.timer.inline():
-            return self._timed(search, *args)
-        return await asyncio.to_thread(self._timed, search, *args)
+    async def _search(self, search: Callable[..., T], *args, timer: SearchTimer | None = None) -> T:
+        """Inline while calls of this kind are fast, else in a worker thread (`SearchTimer`)."""
+        timer = timer or self.timer
+        if timer.inline():
+            return self._timed(timer, search, *args)
+        return await asyncio.to_thread(self._timed, timer, search, *args)
 
     async def search(
         self, vector: np.ndarray, k: int, exclude: list[str], categories: list[str] | None
@@ -102,7 +106,8 @@ class ShardRetriever:
         )
 
     async def lookup(self, item_ids: list[str]) -> dict[str, tuple[Hit, np.ndarray]]:
-        return await asyncio.to_thread(self.core.lookup, item_ids)
+        """Rows and vectors of the items these shards hold; timed apart from the searches."""
+        return await self._search(self.core.lookup, item_ids, timer=self.lookup_timer)
 
     async def upsert(self, items: list[Item], vectors: np.ndarray) -> int:
         return await asyncio.to_thread(self.core.upsert, items, vectors)

@@ -14,8 +14,11 @@ share of the floor's throughput at the same concurrency, how far its p50 is
 above the floor's, the answers other than 200 (past `router.max_in_flight`
 those are 503 refusals, sent at once; the refused client waits the
 `Retry-After` it was given before its next request), and the mean of the service's own
-`timings_ms` per stage. It prints a table and
-writes JSON (`--json`). Ids, users and queries come from the dataset the
+`timings_ms` per stage. A second table gives the CPU milliseconds each request
+cost each part of the app (router, retrievers, encoder, proxies, LLM engine, Ray,
+the load generator), read from this machine's processes over the same window
+(`cluster.bench.cpu`; `--no-cpu` skips it): on saturated cores, the part to make
+cheaper. It prints the tables and writes JSON (`--json`). Ids, users and queries come from the dataset the
 service was built from (`--data`, default the config's).
 """
 
@@ -30,9 +33,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 
+from cluster.bench.cpu import PARTS_ORDER, cpu_seconds, per_request_ms
 from cluster.bench.driver import (
     FAILURES,
     ClosedLoopResult,
@@ -43,7 +48,7 @@ from cluster.bench.driver import (
     timeouts,
 )
 from loadtest.auth import add_api_key_argument, api_key_from, auth_headers
-from loadtest.runner import check_target
+from loadtest.runner import LOCAL_HOSTS, check_target
 from loadtest.traffic import TrafficData
 
 __all__ = ["KINDS", "register", "run_pipeline_bench"]
@@ -96,8 +101,13 @@ async def measure(
     warmup_s: float,
     timeout_s: float = 30.0,
     api_key: str | None = None,
+    cpu: dict[str, Any] | None = None,
 ) -> ClosedLoopResult[dict[str, float]]:
-    """One closed-loop point; each answer is the service's `timings_ms` ({} for the floor)."""
+    """One closed-loop point; each answer is the service's `timings_ms` ({} for the floor).
+
+    With `cpu` (a dict), the machine's CPU readings (`cluster.bench.cpu`) as the window
+    opens and closes go in it as `before` and `after`.
+    """
     extensions = timeouts(timeout_s)
     auth = [(k.encode(), v.encode()) for k, v in auth_headers(api_key).items()]
     async with client_connections(concurrency) as pools:
@@ -118,13 +128,23 @@ async def measure(
                 raise NotOk(response.status)
             return json.loads(response.content).get("timings_ms", {}) if body is not None else {}
 
-        return await closed_loop(
+        async def read_cpu() -> None:
+            await asyncio.sleep(warmup_s)
+            cpu["before"] = cpu_seconds()
+            await asyncio.sleep(duration_s)
+            cpu["after"] = cpu_seconds()
+
+        reading = asyncio.ensure_future(read_cpu()) if cpu is not None else None
+        result = await closed_loop(
             send,
             concurrency=concurrency,
             duration_s=duration_s,
             warmup_s=warmup_s,
             failures=(*FAILURES, NotOk),
         )
+        if reading is not None:
+            await reading
+        return result
 
 
 def _stage_means(result: ClosedLoopResult[dict[str, float]]) -> dict[str, float]:
@@ -146,16 +166,19 @@ async def run_pipeline_bench(
     seed: int = 0,
     api_key: str | None = None,
     log: Callable[[str], None] = lambda line: None,
+    cpu: bool = False,
 ) -> list[dict[str, Any]]:
     """Every (concurrency, kind) point, the floor first at each concurrency (module docstring).
 
-    `api_key` goes on every request as `Authorization: Bearer <key>`.
+    `api_key` goes on every request as `Authorization: Bearer <key>`. With `cpu`, each row
+    has `cpu_ms_per_request`: this machine's CPU by part of the app (`cluster.bench.cpu`).
     """
     rows = []
     for concurrency in concurrencies:
         floor: dict[str, Any] | None = None
         for kind in ("floor", *(k for k in kinds if k != "floor")):
             log(f"c={concurrency} {kind}: {warmup_s:.0f} s warm-up, {duration_s:.0f} s measured")
+            readings: dict[str, Any] | None = {} if cpu else None
             result = await measure(
                 url,
                 request_maker(kind, traffic, seed),
@@ -163,6 +186,7 @@ async def run_pipeline_bench(
                 duration_s=duration_s,
                 warmup_s=warmup_s,
                 api_key=api_key,
+                cpu=readings,
             )
             row: dict[str, Any] = {
                 "kind": kind,
@@ -181,8 +205,36 @@ async def run_pipeline_bench(
                 3,
             )
             row["p50_above_floor_ms"] = round(row["p50_ms"] - floor["p50_ms"], 2)
+            if readings:
+                # Every request started in the window, answered or not, cost CPU in it.
+                sent = result.requests + result.errors
+                row["cpu_ms_per_request"] = per_request_ms(
+                    readings["before"], readings["after"], sent
+                )
             rows.append(row)
     return rows
+
+
+def cpu_table(rows: list[dict[str, Any]]) -> Table:
+    """CPU ms per request by part of the app, a row per point, the parts in `PARTS_ORDER`."""
+    seen = {part for r in rows for part in r.get("cpu_ms_per_request", {})}
+    rank = {name: n for n, name in enumerate(PARTS_ORDER)}
+    rest = ("ray", "load generator", "other")
+    parts = sorted(seen - set(rest), key=lambda p: (rank.get(p.split("-")[0], len(rank)), p)) + [
+        p for p in rest if p in seen
+    ]
+    table = Table(title="CPU ms per request, by part (this machine's processes)")
+    for col in ("c", "kind", "all", *parts):
+        table.add_column(col, justify="left" if col == "kind" else "right")
+    for r in rows:
+        cpu = r.get("cpu_ms_per_request", {})
+        table.add_row(
+            str(r["concurrency"]),
+            r["kind"],
+            f"{sum(cpu.values()):.2f}",
+            *(f"{cpu[p]:.2f}" if p in cpu else "" for p in parts),
+        )
+    return table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -200,6 +252,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--allow-host", action="append", default=[], help="allow a non-local target")
     add_api_key_argument(p)
+    p.add_argument(
+        "--no-cpu",
+        dest="cpu",
+        action="store_false",
+        help="skip the CPU per request by part (read from this machine's processes; "
+        "always skipped for a target elsewhere)",
+    )
     p.add_argument("--json", help="write the rows as JSON here")
     p.set_defaults(func=cmd_bench_pipeline)
 
@@ -208,6 +267,8 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     from cluster import local
 
     url = check_target(args.url, args.allow_host)
+    # The service's processes are visible only when it runs on this machine.
+    cpu = args.cpu and httpx.URL(url).host in LOCAL_HOSTS
     _, cfg = local.render_serve_config(args.config, data_dir=args.data)
     traffic = TrafficData.from_data_dir(cfg.data_path, seed=args.seed)
     t = time.perf_counter()
@@ -222,6 +283,7 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
             seed=args.seed,
             api_key=api_key_from(args.api_key),
             log=console.print,
+            cpu=cpu,
         )
     )
     table = Table(title=f"pipeline vs one-hop floor ({url}, {time.perf_counter() - t:.0f} s)")
@@ -244,6 +306,8 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
         )
     # Wide enough for every column when the output is not a terminal (a log, a pipe).
     Console(width=max(console.width, 150)).print(table)
+    if cpu:
+        Console(width=max(console.width, 150)).print(cpu_table(rows))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"url": url, "rows": rows}, indent=1))

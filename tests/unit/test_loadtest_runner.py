@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -342,3 +343,28 @@ def test_the_pipeline_bench_measures_every_kind_against_the_floor(fake_url, traf
     assert server_stats(fake_url)["requests"]["/v1/recommend"] >= sum(
         r["requests"] for r in rows if r["kind"] != "floor"
     )
+    assert all("cpu_ms_per_request" not in r for r in rows)  # not asked for
+
+
+def test_the_pipeline_bench_reports_cpu_per_request_by_part(fake_url, traffic):
+    from cluster.bench.pipeline import cpu_table, run_pipeline_bench
+
+    configure(fake_url, replicas=8, service_ms=2)
+    rows = asyncio.run(
+        run_pipeline_bench(
+            fake_url,
+            traffic,
+            concurrencies=[2],
+            kinds=("user",),
+            duration_s=1.0,
+            warmup_s=0.2,
+            cpu=True,
+        )
+    )
+    for r in rows:
+        cpu = r["cpu_ms_per_request"]
+        # This process sent every request; the fake server (its own process) answered them.
+        assert cpu["load generator"] > 0 and cpu["other"] > 0
+        # No more than the machine's cores could have spent per request in the window.
+        assert sum(cpu.values()) < 1000 * (os.cpu_count() or 2) / r["throughput_rps"] * 1.5
+    assert cpu_table(rows).row_count == len(rows)

@@ -1,0 +1,78 @@
+"""Where a benchmark's CPU goes: CPU seconds of this machine's processes, by part of the app.
+
+`llmrec bench pipeline` reads `cpu_seconds()` as each measured window opens and
+closes and divides the difference by the requests answered in it: the CPU
+milliseconds a request cost the router, each retriever, the encoder, the
+proxies, the LLM engine, Ray's own processes, the load generator and the rest
+of the machine. On a machine whose cores are saturated that says which part to
+make cheaper; latency stages (`timings_ms`) cannot, since they include waiting.
+Only processes on this machine are seen, so the numbers mean something only
+when the service runs here (the bench's default target, 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+__all__ = ["PARTS_ORDER", "cpu_seconds", "part_of", "per_request_ms"]
+
+PARTS_ORDER = ("Router", "ShardRetriever", "Encoder", "Reranker", "llm engine", "proxy")
+"""How tables order the parts (a part named after a deployment keeps its replica suffix);
+the rest follow: ray, load generator, other."""
+
+_PROXIES = ("ray::ProxyActor", "ray::HAProxyManager")
+_RAY_MARKERS = ("ray::", "/ray/", "raylet", "gcs_server", "ray-dashboard")
+
+
+def part_of(cmdline: str, pid: int, own_pid: int) -> str:
+    """The part of the app a process with this command line belongs to.
+
+    A Serve replica is its deployment's name (`Router`, `ShardRetriever-0`, ...); vLLM's
+    processes are `llm engine`; Serve's HTTP proxies (and HAProxy) `proxy`; Ray's other
+    processes `ray`; this process `load generator`; anything else `other`.
+    """
+    if pid == own_pid:
+        return "load generator"
+    if cmdline.startswith("ray::ServeReplica:"):
+        return cmdline.split(" ", 1)[0].rsplit(":", 1)[-1]
+    if cmdline.startswith("VLLM::"):
+        return "llm engine"
+    if cmdline.startswith(_PROXIES) or "/haproxy" in cmdline.split(" ", 1)[0]:
+        return "proxy"
+    if any(marker in cmdline for marker in _RAY_MARKERS):
+        return "ray"
+    return "other"
+
+
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """pid → (part, user + system CPU seconds so far) of every process this user can read."""
+    own = os.getpid()
+    out = {}
+    for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if times is None:  # gone, or not ours to read
+            continue
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        out[proc.pid] = (part_of(cmdline, proc.pid, own), times.user + times.system)
+    return out
+
+
+def per_request_ms(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], requests: int
+) -> dict[str, float]:
+    """CPU milliseconds per request by part between two `cpu_seconds()` readings.
+
+    A process that started in between counts from 0; one that ended is not counted
+    (its time is lost with it). Parts that used no CPU are left out.
+    """
+    if requests <= 0:
+        return {}
+    spent: dict[str, float] = {}
+    for pid, (part, seconds) in after.items():
+        earlier = before.get(pid)
+        used = seconds - (earlier[1] if earlier and earlier[0] == part else 0.0)
+        if used > 0:
+            spent[part] = spent.get(part, 0.0) + used
+    return {part: round(1000.0 * s / requests, 3) for part, s in spent.items()}

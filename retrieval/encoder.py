@@ -32,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from retrieval.config import ENGINES, PRECISIONS, Engine, Precision
+from retrieval.hardware import onnx_cpu_session
 
 __all__ = [
     "ENGINES",
@@ -201,7 +202,6 @@ class SentenceEncoder:
 
     def _setup_onnx(self, threads: int, *, strict: bool) -> None:
         """Export the module stack to ONNX in memory and load it; keep it only if it agrees."""
-        import onnxruntime as ort
         import torch
 
         names = ["input_ids", "attention_mask"]
@@ -224,11 +224,6 @@ class SentenceEncoder:
                 opset_version=17,
                 dynamo=False,
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # Worker threads that spin between ops burn cores other processes need.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         probes = self.tokenize(
             ["short", "a longer probe sentence about a chef far from home", "word " * 300]
         )
@@ -237,7 +232,7 @@ class SentenceEncoder:
         tried = []
         for precision in ("int8", "fp32") if self.precision == "int8" else ("fp32",):
             model = _quantized_int8(exported) if precision == "int8" else exported
-            session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+            session = onnx_cpu_session(model, threads)
             self._session = session
             onnx_out = self.encode_ids(probes)
             self._session = None

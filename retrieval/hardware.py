@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "BF16_CPU_FLAGS",
@@ -145,3 +146,15 @@ def vllm_cpu_bind(cores: str, available: list[int]) -> str:
         if core is not None:
             start = prev = core
     return ",".join(runs)
+
+
+def onnx_cpu_session(model: bytes, threads: int) -> Any:
+    """An ONNX Runtime session on CPU over `model` (serialised ONNX) with `threads` intra-op
+    threads that sleep between operators: spinning ones burn cores other processes need."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])

@@ -41,6 +41,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from retrieval.hardware import onnx_cpu_session
+
 __all__ = ["SequentialModel", "choose_engine"]
 
 logger = logging.getLogger(__name__)
@@ -287,7 +289,7 @@ class SequentialModel:
         when ONNX Runtime is missing, the export fails or the scores disagree.
         """
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401  (the session below needs it)
         except ImportError as exc:
             raise RuntimeError(f"onnxruntime is not installed: {exc}") from exc
         probes = self._probe_histories()
@@ -309,14 +311,7 @@ class SequentialModel:
                     opset_version=17,
                     dynamo=False,
                 )
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            # Worker threads that spin between operators burn cores other processes need.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            session = ort.InferenceSession(
-                buffer.getvalue(), options, providers=["CPUExecutionProvider"]
-            )
+            session = onnx_cpu_session(buffer.getvalue(), threads)
         except Exception as exc:  # the exporter and ORT raise many kinds
             raise RuntimeError(f"could not export the sequential model to ONNX: {exc}") from exc
         self._session = session

@@ -19,6 +19,7 @@ __all__ = [
     "INT8_CPU_FLAGS",
     "cpu_flags",
     "cpu_kind",
+    "onnx_cpu_session",
     "select_encoder_precision",
     "select_llm_dtype",
     "usable_cores",

@@ -15,8 +15,9 @@ it is exported once at start (about a second), checked against the PyTorch
 forward pass on probe texts, and measured about 2x less CPU per text than
 PyTorch eager on this project's CPUs, with vectors within 1e-6 of it. In int8
 the exported graph's matrix products are quantised (int8 weights per output
-channel, activations quantised on the fly) and kept when the vectors stay
-within `INT8_MIN_COSINE` of PyTorch fp32's on the probes.
+channel, 7-bit where the CPU has no VNNI; activations quantised on the fly)
+and kept when the vectors stay within `INT8_MIN_COSINE` of PyTorch fp32's on
+the probes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from retrieval.config import ENGINES, PRECISIONS, Engine, Precision
-from retrieval.hardware import onnx_cpu_session
+from retrieval.hardware import cpu_flags, int8_reduce_range, onnx_cpu_session
 
 __all__ = [
     "ENGINES",
@@ -153,8 +154,10 @@ class SentenceEncoder:
     fp32 (`llmrec bench encoder` reports its cosine to fp32). `engine` (see
     `resolve_engine`) picks ONNX Runtime or PyTorch for the forward pass; an ONNX
     export that disagrees with PyTorch on the probes falls back to PyTorch
-    under `auto` and raises `RuntimeError` when `onnx` was asked for. `encode`
-    sorts by length and runs chunks of `batch_size` texts.
+    under `auto` and raises `RuntimeError` when `onnx` was asked for. `int8_7bit`
+    keeps int8 weights to 7 bits (None: where this CPU has no VNNI,
+    `hardware.int8_reduce_range`). `encode` sorts by length and runs chunks of
+    `batch_size` texts.
     """
 
     def __init__(
@@ -168,6 +171,7 @@ class SentenceEncoder:
         max_seq_length: int = 256,
         torch_threads: int | None = None,
         batch_size: int = 64,
+        int8_7bit: bool | None = None,
     ) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
@@ -197,6 +201,8 @@ class SentenceEncoder:
         self._setup_tokenizer()
         self.engine = resolve_engine(engine, self.device, self.precision)
         self._session: Any = None
+        # Full-range int8 weights overflow the 16-bit sums of CPUs without VNNI.
+        self.int8_7bit = int8_reduce_range(cpu_flags()) if int8_7bit is None else int8_7bit
         if self.engine == "onnx":
             self._setup_onnx(torch_threads or torch.get_num_threads(), strict=engine == "onnx")
 
@@ -231,7 +237,7 @@ class SentenceEncoder:
         exported = buffer.getvalue()
         tried = []
         for precision in ("int8", "fp32") if self.precision == "int8" else ("fp32",):
-            model = _quantized_int8(exported) if precision == "int8" else exported
+            model = _quantized_int8(exported, self.int8_7bit) if precision == "int8" else exported
             session = onnx_cpu_session(model, threads)
             self._session = session
             onnx_out = self.encode_ids(probes)
@@ -325,9 +331,10 @@ class SentenceEncoder:
         return out
 
 
-def _quantized_int8(model: bytes) -> bytes:
-    """The ONNX `model` with its matrix products in int8: weights per output channel,
-    activations quantised at run time (ONNX Runtime's dynamic quantisation)."""
+def _quantized_int8(model: bytes, seven_bit: bool) -> bytes:
+    """The ONNX `model` with its matrix products in int8: weights per output channel (in 7
+    bits with `seven_bit`), activations quantised at run time (ONNX Runtime's dynamic
+    quantisation)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -338,6 +345,7 @@ def _quantized_int8(model: bytes) -> bytes:
             target,
             weight_type=QuantType.QInt8,
             per_channel=True,
+            reduce_range=seven_bit,
             op_types_to_quantize=["MatMul"],
         )
         return target.read_bytes()

@@ -19,6 +19,7 @@ __all__ = [
     "INT8_CPU_FLAGS",
     "cpu_flags",
     "cpu_kind",
+    "int8_reduce_range",
     "onnx_cpu_session",
     "select_encoder_precision",
     "select_llm_dtype",
@@ -31,7 +32,8 @@ BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 INT8_CPU_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 """CPU flags that mean int8 dot-product instructions (VNNI), which ONNX Runtime's int8 matrix
-products use; without them its x86 int8 kernels can saturate and need reduced-range weights."""
+products use; without them its x86 int8 kernels add pairs of products in 16 bits, which can
+saturate, so the weights must keep to 7 bits (`int8_reduce_range`)."""
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -98,9 +100,10 @@ def select_encoder_precision(
     """The precision the serving encoder runs `requested` (`auto` or a precision) in.
 
     `auto` picks fp16 on a GPU; on a CPU, int8 (ONNX Runtime, int8 weights in the
-    matrix products) where the CPU has VNNI (`INT8_CPU_FLAGS`) and the engine may be
-    ONNX Runtime, fp32 elsewhere. An explicit precision is kept as it is. Only the
-    query path uses this: `llmrec build` encodes the catalog at its exact precision.
+    matrix products) where the CPU has VNNI (`INT8_CPU_FLAGS`) or AVX2 (there with 7-bit
+    weights, `int8_reduce_range`) and the engine may be ONNX Runtime, fp32 elsewhere. An
+    explicit precision is kept as it is. Only the query path uses this: `llmrec build`
+    encodes the catalog at its exact precision.
     """
     if requested != "auto":
         return DtypeChoice(requested, "set in the config")
@@ -111,7 +114,16 @@ def select_encoder_precision(
     vnni = sorted(flags & INT8_CPU_FLAGS)
     if vnni:
         return DtypeChoice("int8", f"CPU has int8 dot products ({', '.join(vnni)})")
-    return DtypeChoice("fp32", "CPU has no VNNI int8 dot products: fp32")
+    if "avx2" in flags:
+        return DtypeChoice("int8", "CPU has AVX2 without VNNI: int8 with 7-bit weights")
+    return DtypeChoice("fp32", "CPU has neither VNNI nor AVX2 int8 kernels: fp32")
+
+
+def int8_reduce_range(flags: frozenset[str]) -> bool:
+    """Whether int8 weights must keep to 7 bits on a CPU with `flags`: where it has no VNNI
+    (`INT8_CPU_FLAGS`), ONNX Runtime's x86 kernels sum two 8-bit products in a 16-bit lane,
+    which full-range weights can overflow."""
+    return not flags & INT8_CPU_FLAGS
 
 
 def usable_cores() -> list[int]:

@@ -18,8 +18,8 @@ those are 503 refusals, sent at once; the refused client waits the
 cost each part of the app (router, retrievers, encoder, proxies, LLM engine, Ray,
 the load generator), read from this machine's processes over the same window
 (`cluster.bench.cpu`; `--no-cpu` skips it): on saturated cores, the part to make
-cheaper. It prints the tables and writes JSON (`--json`). Ids, users and queries come from the dataset the
-service was built from (`--data`, default the config's).
+cheaper. It prints the tables and writes JSON (`--json`). Ids, users and queries
+come from the dataset the service was built from (`--data`, default the config's).
 """
 
 from __future__ import annotations

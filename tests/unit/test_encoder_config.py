@@ -7,7 +7,7 @@ import yaml
 
 from retrieval.config import PROJECT_ROOT, AppConfig, EncoderConfig
 from retrieval.encoder import resolve_engine, resolve_precision
-from retrieval.hardware import select_encoder_precision
+from retrieval.hardware import int8_reduce_range, select_encoder_precision
 
 
 @pytest.mark.parametrize(
@@ -96,8 +96,9 @@ def test_precision_auto_is_fp16_on_gpu_and_fp32_on_cpu():
     [
         ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "auto", "int8"),  # Xeon, AMX era
         ({"avx2", "avx_vnni"}, "auto", "int8"),  # AVX-VNNI without AVX-512
-        ({"avx2", "avx512f"}, "auto", "fp32"),  # AVX-512 without VNNI
-        ({"avx2"}, "auto", "fp32"),  # AVX2 only: int8 kernels may saturate there
+        ({"avx2", "avx512f"}, "auto", "int8"),  # AVX-512 without VNNI: 7-bit weights
+        ({"avx2", "fma"}, "auto", "int8"),  # AVX2 only: 7-bit weights
+        ({"sse4_2"}, "auto", "fp32"),  # no AVX2 int8 kernels
         ({"avx2", "avx512_vnni"}, "torch", "fp32"),  # int8 needs ONNX Runtime
         ({"avx2", "avx512_vnni"}, "onnx", "int8"),
     ],
@@ -106,6 +107,17 @@ def test_serving_precision_auto_follows_the_cpu_flags(flags, engine, expected):
     choice = select_encoder_precision("auto", device="cpu", engine=engine, flags=frozenset(flags))
     assert choice.dtype == expected, choice.reason
     assert resolve_engine(engine, "cpu", choice.dtype) == ("torch" if engine == "torch" else "onnx")
+
+
+def test_int8_weights_keep_to_seven_bits_only_without_vnni():
+    assert int8_reduce_range(frozenset({"avx2", "fma"}))
+    assert int8_reduce_range(frozenset({"avx2", "avx512f", "avx512bw"}))
+    assert not int8_reduce_range(frozenset({"avx2", "avx512_vnni"}))
+    assert not int8_reduce_range(frozenset({"avx2", "avx_vnni"}))
+    reason = select_encoder_precision(
+        "auto", device="cpu", engine="auto", flags=frozenset({"avx2"})
+    ).reason
+    assert "7-bit" in reason
 
 
 def test_serving_precision_keeps_what_the_config_says_and_fp16_on_gpu():

@@ -80,11 +80,16 @@ class ItemKNN:
         Each sum is taken in history order in the neighbours' dtype, as a dense sum over the
         history's rows would, so both give the same bits.
         """
-        rows = [self.index[i] for i in history if i in self.index]
-        picked = self.neighbours[rows]
-        positions, slot = np.unique(picked.indices, return_inverse=True)
-        sums = np.zeros(len(positions), dtype=picked.data.dtype)
-        np.add.at(sums, slot, picked.data)
+        rows = np.fromiter((self.index[i] for i in history if i in self.index), dtype=np.int64)
+        # The history rows' entries in order, gathered from the CSR arrays directly
+        # (scipy's row indexing builds a new matrix: most of the time for a short history).
+        n = self.neighbours
+        starts, lengths = n.indptr[rows], n.indptr[rows + 1] - n.indptr[rows]
+        ends_before = np.cumsum(lengths) - lengths
+        take = np.arange(int(lengths.sum())) + np.repeat(starts - ends_before, lengths)
+        positions, slot = np.unique(n.indices[take], return_inverse=True)
+        sums = np.zeros(len(positions), dtype=n.data.dtype)
+        np.add.at(sums, slot, n.data[take])
         return positions.astype(np.int64), sums.astype(np.float32)
 
     def recommend(

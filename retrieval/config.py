@@ -119,13 +119,14 @@ class EncoderConfig(_Placed):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the forward pass runs; `auto` picks CUDA when the replica sees a GPU."""
     precision: Precision = "auto"
-    """`auto`: fp16 on CUDA; on CPU, int8 where the CPU has VNNI int8 dot products
+    """`auto`: fp16 on CUDA; on CPU, int8 where the CPU has VNNI int8 dot products or AVX2
     (`retrieval.hardware.select_encoder_precision`), fp32 elsewhere. `int8` runs in ONNX Runtime
-    with per-channel int8 weights in the matrix products and is kept only when its vectors stay
-    within cosine 0.98 of fp32 on probe texts (fp32 otherwise); it halves a lone query's
-    forward pass here. `bf16` is bf16 autocast in PyTorch; fp16 is GPU-only. `llmrec bench
-    encoder` reports each CPU path's cosine to fp32. The catalog is always encoded exactly
-    (fp32 on CPU) by `llmrec build`: only queries use the reduced precision."""
+    with per-channel int8 weights in the matrix products (7-bit without VNNI, whose kernels
+    would overflow full-range ones) and is kept only when its vectors stay within cosine 0.98
+    of fp32 on probe texts (fp32 otherwise). `bf16` is bf16 autocast in PyTorch; fp16 is
+    GPU-only. `llmrec bench encoder` reports each CPU path's cosine to fp32. The catalog is
+    always encoded exactly (fp32 on CPU) by `llmrec build`: only queries use the reduced
+    precision."""
     engine: Engine = "auto"
     """Forward-pass runtime. `auto`: ONNX Runtime for fp32 and int8 on CPU (the model is exported
     at start and checked against PyTorch, fp32 to 1e-5; ~2x less CPU per text here than PyTorch

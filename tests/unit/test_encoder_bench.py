@@ -115,7 +115,8 @@ def test_the_reported_fast_path_is_the_one_llmrec_serves(capsys):
 
     vnni, avx2 = frozenset({"avx2", "avx512_vnni"}), frozenset({"avx2"})
     assert served_fast_path(EncoderConfig(), vnni) == "int8"
-    assert served_fast_path(EncoderConfig(), avx2) == "onnx"
+    assert served_fast_path(EncoderConfig(), avx2) == "int8"  # with 7-bit weights
+    assert served_fast_path(EncoderConfig(), frozenset({"sse4_2"})) == "onnx"
     assert served_fast_path(EncoderConfig(engine="onnx", precision="fp32"), vnni) == "onnx"
     assert served_fast_path(EncoderConfig(engine="torch", precision="bf16")) == "bf16"
     assert served_fast_path(EncoderConfig(engine="torch"), vnni) is None

@@ -32,8 +32,7 @@ __all__ = ["SearchTimer", "ShardRetriever", "bind_shards"]
 
 
 class SearchTimer:
-    """A moving average of search times (CPU seconds of the calling thread) that says whether
-    the next search runs inline."""
+    """A moving average of search times that says whether the next search runs inline."""
 
     def __init__(self, inline_below_s: float, smoothing: float = 0.1) -> None:
         self.inline_below_s = inline_below_s
@@ -45,15 +44,6 @@ class SearchTimer:
 
     def record(self, seconds: float) -> None:
         self.mean_s += self.smoothing * (seconds - self.mean_s)
-
-    def timed(self, work: Callable[..., T], *args: Any) -> T:
-        """`work(*args)`, recording its CPU time: what it holds the event loop for inline. (In
-        a worker thread its wall time also counts the waits for the GIL, which on busy cores
-        would keep a search that once went to a thread there for good.)"""
-        started = time.thread_time()
-        out = work(*args)
-        self.record(time.thread_time() - started)
-        return out
 
 
 @serve.deployment
@@ -80,12 +70,19 @@ class ShardRetriever:
         self.timer = SearchTimer(self.core.config.inline_search_ms / 1e3)
         self.lookup_timer = SearchTimer(self.core.config.inline_search_ms / 1e3)
 
+    @staticmethod
+    def _timed(timer: SearchTimer, work: Callable[..., T], *args) -> T:
+        started = time.perf_counter()
+        out = work(*args)
+        timer.record(time.perf_counter() - started)
+        return out
+
     async def _search(self, search: Callable[..., T], *args, timer: SearchTimer | None = None) -> T:
         """Inline while calls of this kind are fast, else in a worker thread (`SearchTimer`)."""
         timer = timer or self.timer
         if timer.inline():
-            return timer.timed(search, *args)
-        return await asyncio.to_thread(timer.timed, search, *args)
+            return self._timed(timer, search, *args)
+        return await asyncio.to_thread(self._timed, timer, search, *args)
 
     async def search(
         self, vector: np.ndarray, k: int, exclude: list[str], categories: list[str] | None

@@ -22,7 +22,7 @@ from deployments.encoder.batching import BatchPolicy, TokenBatcher
 from deployments.errors import InvalidInput
 from retrieval.config import EncoderConfig
 from retrieval.encoder import SentenceEncoder, TokenEncoder, pick_device
-from retrieval.hardware import cpu_flags, select_encoder_precision
+from retrieval.hardware import cpu_flags, int8_reduce_range, select_encoder_precision
 from retrieval.models import resolve_encoder
 
 __all__ = ["EmbeddingCache", "EncoderCore", "batch_policy"]
@@ -80,11 +80,9 @@ class EncoderCore:
 
     def __init__(self, config: EncoderConfig, encoder: TokenEncoder | None = None) -> None:
         self.config = config
+        flags = cpu_flags()
         self.precision_choice = select_encoder_precision(
-            config.precision,
-            device=pick_device(config.device),
-            engine=config.engine,
-            flags=cpu_flags(),
+            config.precision, device=pick_device(config.device), engine=config.engine, flags=flags
         )
         self.encoder: TokenEncoder = encoder or SentenceEncoder(
             resolve_encoder(config.model),
@@ -95,6 +93,7 @@ class EncoderCore:
             max_seq_length=config.max_seq_length,
             torch_threads=config.torch_threads,
             batch_size=config.max_batch_size,
+            int8_7bit=int8_reduce_range(flags),
         )
         log.info(
             "encoder %s: %s on %s (asked %s: %s)",

@@ -128,8 +128,11 @@ class AlsModel:
 
     Only the item factors and the solver settings are kept (`save`/`load` as
     one `.npz`); `scores(history)` solves the user's factor from their history
-    exactly as ALS does during training (implicit's `recalculate_user`) and
-    returns the dot product with every item. Fitting is seeded.
+    as ALS does during training and returns the dot product with every item.
+    Fitting (implicit) is seeded. A user's factor is the solution of ALS's normal
+    equations, solved here in NumPy (`user_factor`): the same factor as
+    implicit's `recalculate_user`, to float32 rounding, without building a
+    one-row sparse matrix per request.
     """
 
     def __init__(
@@ -140,27 +143,18 @@ class AlsModel:
         regularization: float,
         alpha: float,
     ) -> None:
-        from implicit.cpu.als import AlternatingLeastSquares
-        from threadpoolctl import threadpool_limits
-
         self.item_ids = list(item_ids)
         self.index = {item_id: i for i, item_id in enumerate(self.item_ids)}
         factors = np.ascontiguousarray(item_factors, dtype=np.float32)
         if factors.shape[0] != len(self.item_ids):
             raise ValueError(f"{factors.shape[0]} item factors for {len(self.item_ids)} items")
+        self.item_factors = factors
         self.regularization = float(regularization)
         self.alpha = float(alpha)
-        # One thread: requests are small and a server runs many of them side by side.
-        # (Built under a one-thread BLAS limit so implicit's BLAS check stays quiet.)
-        with threadpool_limits(1, "blas"):
-            self._model = AlternatingLeastSquares(
-                factors=factors.shape[1], regularization=regularization, alpha=alpha, num_threads=1
-            )
-        self._model.item_factors = factors
-
-    @property
-    def item_factors(self) -> np.ndarray:
-        return self._model.item_factors
+        # Every user's normal equations start from Y^T Y + regularization * I.
+        self._gram = factors.T @ factors + self.regularization * np.eye(
+            factors.shape[1], dtype=np.float32
+        )
 
     @classmethod
     def fit(
@@ -226,11 +220,13 @@ class AlsModel:
         cols = sorted({self.index[i] for i in history if i in self.index})
         if not cols:
             return None
-        row = sp.csr_matrix(
-            (np.ones(len(cols), np.float32), ([0] * len(cols), cols)),
-            shape=(1, len(self.item_ids)),
-        )
-        return np.asarray(self._model.recalculate_user(0, row), dtype=np.float32)
+        # Each history item counts once with confidence alpha, every other item with
+        # confidence 1 and preference 0: (Y^T C Y + reg I) x = Y^T C p, where
+        # Y^T C Y = Y^T Y + (alpha - 1) Yh^T Yh over the history's rows Yh.
+        taken = self.item_factors[cols]
+        lhs = self._gram + (self.alpha - 1.0) * (taken.T @ taken)
+        rhs = self.alpha * taken.sum(axis=0)
+        return np.linalg.solve(lhs, rhs).astype(np.float32)
 
     def recommend(
         self, history: Sequence[str], n: int, exclude: Iterable[str] = ()

@@ -92,3 +92,29 @@ def test_als_recommends_co_taken_items_and_round_trips(tmp_path):
     again = AlsModel.load(tmp_path / "als.npz")
     np.testing.assert_allclose(again.scores(["d"]), als.scores(["d"]), rtol=1e-5)
     assert again.item_ids == als.item_ids
+
+
+def test_als_user_factor_is_implicits_recalculate_user():
+    """The NumPy solve of a user's normal equations is the factor implicit's own
+    `recalculate_user` gives, for short and long histories and repeated items."""
+    import scipy.sparse as sp
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    rng = np.random.default_rng(3)
+    items = [f"i{n}" for n in range(300)]
+    pairs = [(f"u{u}", items[int(i)]) for u in range(200) for i in rng.zipf(1.3, 30) % 300]
+    als = AlsModel.fit(_log(pairs), items, factors=16, iterations=5)
+    reference = AlternatingLeastSquares(
+        factors=16, regularization=als.regularization, alpha=als.alpha, num_threads=1
+    )
+    reference.item_factors = als.item_factors
+    for n in (1, 7, 60, 290):
+        history = [items[int(i)] for i in rng.integers(0, 300, n)]
+        cols = sorted({als.index[i] for i in history})
+        row = sp.csr_matrix(
+            (np.ones(len(cols), np.float32), ([0] * len(cols), cols)), shape=(1, len(items))
+        )
+        expected = np.asarray(reference.recalculate_user(0, row))
+        got = als.user_factor(history)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    assert als.user_factor(["not-in-the-catalog"]) is None

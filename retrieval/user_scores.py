@@ -26,6 +26,7 @@ the exact best, and the best unseen score is the best one found.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -67,7 +68,9 @@ class UserScores(Protocol):
 
 def positions_of(index: Mapping[str, int], item_ids: Sequence[str]) -> np.ndarray:
     """The positions of `item_ids` in `index`, -1 for ids it does not know."""
-    return np.fromiter((index.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+    # map() over dict.get: no Python frame per id (a heavy user's history is thousands).
+    found = map(index.get, item_ids, itertools.repeat(-1))
+    return np.fromiter(found, dtype=np.int64, count=len(item_ids))
 
 
 def _find(ascending: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

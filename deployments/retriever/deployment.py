@@ -21,6 +21,7 @@ import numpy as np
 from ray import serve
 from ray.serve import Application
 
+from deployments.heap import settle_heap
 from deployments.logs import replica_logging
 from deployments.retriever.core import ShardGroupCore, split_config
 from retrieval.config import AppConfig, RetrieverConfig
@@ -63,6 +64,7 @@ class ShardRetriever:
         )
         self.timer = SearchTimer(self.core.config.inline_search_ms / 1e3)
         self.lookup_timer = SearchTimer(self.core.config.inline_search_ms / 1e3)
+        settle_heap()  # the shards' rows, out of the collector's full passes
 
     def reconfigure(self, config: dict) -> None:
         self.core.configure(RetrieverConfig.model_validate(config))
@@ -116,7 +118,9 @@ class ShardRetriever:
         return await asyncio.to_thread(self.core.delete, item_ids)
 
     async def reload(self) -> dict[int, dict]:
-        return await asyncio.to_thread(self.core.reload)
+        stats = await asyncio.to_thread(self.core.reload)
+        settle_heap()  # the old shards' rows collected, the new ones frozen
+        return stats
 
     async def stats(self) -> list[dict]:
         return self.core.stats()

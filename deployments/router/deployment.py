@@ -17,6 +17,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.errors import BackendUnavailable, LlmrecError, NotFound, QueueFull
+from deployments.heap import settle_heap
 from deployments.logs import replica_logging
 from deployments.router.auth import ApiKeys
 from deployments.router.core import RouterCore
@@ -183,6 +184,8 @@ class Router:
             on_change=self.core.forget_items,
             layout=self.layout,
         )
+        # Out of the collector's full passes: the models' indexes and the stored histories.
+        log.info("router loaded; %d objects frozen out of garbage collection", settle_heap())
 
     def _model_files(self) -> tuple[float, ...]:
         """When each collaborative model file last changed (0: absent)."""
@@ -223,12 +226,16 @@ class Router:
         self._reloading = True
         try:
             # In a worker thread: loading, and building the ALS index, take seconds.
-            await asyncio.to_thread(lambda: self.core.use_models(**self._load_models()))
+            await asyncio.to_thread(self._use_new_models)
             log.info("collaborative models reloaded from %s", self.config.index_path)
         except (OSError, ValueError) as exc:  # a file mid-replace: try again next time
             log.warning("could not reload the collaborative models: %s", exc)
         finally:
             self._reloading = False
+
+    def _use_new_models(self) -> None:
+        self.core.use_models(**self._load_models())
+        settle_heap()  # the old models' objects collected, the new ones frozen
 
     async def _encode(self, text: str) -> np.ndarray:
         return await self.encoder.encode(text)

@@ -9,6 +9,12 @@ closed loop, in one run:
   `history` (a user's last 20 items) and by free text, retrieval only (no
   rerank, no explanations).
 
+With `--rounds N` the floor and the kinds run N times over at each concurrency,
+each kind's share taken against the floor measured just before it, in its own
+round; a summary gives each kind's median share and its range over the rounds.
+On a small machine the floor alone moves by tens of percent between runs of the
+same code, so one round cannot resolve a change of that size.
+
 Each row gives throughput, p50/p99 (nearest rank) of the 200 answers, the
 share of the floor's throughput at the same concurrency, how far its p50 is
 above the floor's, the answers other than 200 (past `router.max_in_flight`
@@ -26,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import random
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -167,17 +175,22 @@ async def run_pipeline_bench(
     api_key: str | None = None,
     log: Callable[[str], None] = lambda line: None,
     cpu: bool = False,
+    rounds: int = 1,
 ) -> list[dict[str, Any]]:
-    """Every (concurrency, kind) point, the floor first at each concurrency (module docstring).
+    """Every (concurrency, kind) point, the floor first at each concurrency (module docstring),
+    `rounds` times over; each row names its `round` (from 1).
 
     `api_key` goes on every request as `Authorization: Bearer <key>`. With `cpu`, each row
     has `cpu_ms_per_request`: this machine's CPU by part of the app (`cluster.bench.cpu`).
     """
     rows = []
-    for concurrency in concurrencies:
+    for concurrency, round_no in itertools.product(concurrencies, range(1, rounds + 1)):
         floor: dict[str, Any] | None = None
         for kind in ("floor", *(k for k in kinds if k != "floor")):
-            log(f"c={concurrency} {kind}: {warmup_s:.0f} s warm-up, {duration_s:.0f} s measured")
+            of = f" (round {round_no} of {rounds})" if rounds > 1 else ""
+            log(
+                f"c={concurrency} {kind}{of}: {warmup_s:.0f} s warm-up, {duration_s:.0f} s measured"
+            )
             readings: dict[str, Any] | None = {} if cpu else None
             result = await measure(
                 url,
@@ -191,6 +204,7 @@ async def run_pipeline_bench(
             row: dict[str, Any] = {
                 "kind": kind,
                 "concurrency": concurrency,
+                "round": round_no,
                 "requests": result.requests,
                 "errors": result.errors,
                 "throughput_rps": round(result.throughput_rps, 1),
@@ -215,6 +229,45 @@ async def run_pipeline_bench(
     return rows
 
 
+def share_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (concurrency, kind) other than the floor, over the rounds: the median, least and
+    most share of the floor (each round's against its own floor) and the median rps."""
+    points: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["kind"] != "floor":
+            points.setdefault((r["concurrency"], r["kind"]), []).append(r)
+    return [
+        {
+            "concurrency": concurrency,
+            "kind": kind,
+            "rounds": len(runs),
+            "share_median": statistics.median(r["share_of_floor"] for r in runs),
+            "share_min": min(r["share_of_floor"] for r in runs),
+            "share_max": max(r["share_of_floor"] for r in runs),
+            "throughput_rps_median": statistics.median(r["throughput_rps"] for r in runs),
+            "p50_above_floor_ms_median": statistics.median(r["p50_above_floor_ms"] for r in runs),
+        }
+        for (concurrency, kind), runs in points.items()
+    ]
+
+
+def summary_table(summary: list[dict[str, Any]]) -> Table:
+    table = Table(title="share of the floor over the rounds (each against its own round's floor)")
+    for col in ("c", "kind", "rounds", "median share", "range", "median rps", "p50-floor"):
+        table.add_column(col, justify="left" if col == "kind" else "right")
+    for s in summary:
+        table.add_row(
+            str(s["concurrency"]),
+            s["kind"],
+            str(s["rounds"]),
+            f"{s['share_median']:.0%}",
+            f"{s['share_min']:.0%}-{s['share_max']:.0%}",
+            f"{s['throughput_rps_median']:.1f}",
+            f"{s['p50_above_floor_ms_median']:+.1f}",
+        )
+    return table
+
+
 def cpu_table(rows: list[dict[str, Any]]) -> Table:
     """CPU ms per request by part of the app, a row per point, the parts in `PARTS_ORDER`."""
     seen = {part for r in rows for part in r.get("cpu_ms_per_request", {})}
@@ -237,6 +290,14 @@ def cpu_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+def count(text: str) -> int:
+    """A whole number of at least 1, for argparse."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: at least 1")
+    return n
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "pipeline",
@@ -249,6 +310,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds per point")
+    p.add_argument(
+        "--rounds",
+        type=count,
+        default=1,
+        metavar="N",
+        help="run the floor and the kinds this many times over; shares per round, summarised",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--allow-host", action="append", default=[], help="allow a non-local target")
     add_api_key_argument(p)
@@ -284,10 +352,11 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
             api_key=api_key_from(args.api_key),
             log=console.print,
             cpu=cpu,
+            rounds=args.rounds,
         )
     )
     table = Table(title=f"pipeline vs one-hop floor ({url}, {time.perf_counter() - t:.0f} s)")
-    columns = ("c", "kind", "rps", "share", "p50 ms", "p99 ms", "p50-floor", "not 200")
+    columns = ("c", "round", "kind", "rps", "share", "p50 ms", "p99 ms", "p50-floor", "not 200")
     stage_columns = ("encode", "retrieve", "search", "rows", "total")
     for col in (*columns, *stage_columns):
         table.add_column(col, justify="left" if col == "kind" else "right")
@@ -295,6 +364,7 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
         stages = r["stages_ms"]
         table.add_row(
             str(r["concurrency"]),
+            str(r["round"]),
             r["kind"],
             f"{r['throughput_rps']:.1f}",
             f"{r['share_of_floor']:.0%}",
@@ -306,10 +376,16 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
         )
     # Wide enough for every column when the output is not a terminal (a log, a pipe).
     Console(width=max(console.width, 150)).print(table)
+    summary = share_summary(rows) if args.rounds > 1 else None
+    if summary:
+        Console(width=max(console.width, 150)).print(summary_table(summary))
     if cpu:
         Console(width=max(console.width, 150)).print(cpu_table(rows))
     if args.json:
+        out: dict[str, Any] = {"url": url, "rows": rows}
+        if summary:
+            out["summary"] = summary
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"url": url, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps(out, indent=1))
         console.print(f"wrote {args.json}")
     return 0 if all(r["errors"] == 0 for r in rows) else 1

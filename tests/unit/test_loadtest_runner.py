@@ -368,3 +368,30 @@ def test_the_pipeline_bench_reports_cpu_per_request_by_part(fake_url, traffic):
         # No more than the machine's cores could have spent per request in the window.
         assert sum(cpu.values()) < 1000 * (os.cpu_count() or 2) / r["throughput_rps"] * 1.5
     assert cpu_table(rows).row_count == len(rows)
+
+
+def test_the_pipeline_bench_repeats_rounds_against_each_rounds_own_floor(fake_url, traffic):
+    from cluster.bench.pipeline import run_pipeline_bench, share_summary, summary_table
+
+    configure(fake_url, replicas=8, service_ms=20)
+    rows = asyncio.run(
+        run_pipeline_bench(
+            fake_url,
+            traffic,
+            concurrencies=[2],
+            kinds=("user",),
+            duration_s=0.6,
+            warmup_s=0.1,
+            rounds=3,
+        )
+    )
+    assert [(r["round"], r["kind"]) for r in rows] == [
+        (n, k) for n in (1, 2, 3) for k in ("floor", "user")
+    ]
+    for floor, user in zip(rows[::2], rows[1::2], strict=True):
+        assert user["share_of_floor"] == round(user["throughput_rps"] / floor["throughput_rps"], 3)
+    (summary,) = share_summary(rows)
+    shares = sorted(r["share_of_floor"] for r in rows if r["kind"] == "user")
+    assert (summary["kind"], summary["concurrency"], summary["rounds"]) == ("user", 2, 3)
+    assert (summary["share_min"], summary["share_median"], summary["share_max"]) == tuple(shares)
+    assert summary_table([summary]).row_count == 1

@@ -11,7 +11,9 @@ closed loop, in one run:
 
 With `--rounds N` the floor and the kinds run N times over at each concurrency,
 each kind's share taken against the floor measured just before it, in its own
-round; a summary gives each kind's median share and its range over the rounds.
+round (round r asks what seed + r - 1 picks, so a query is not an encoder cache
+hit from the round before); a summary gives each kind's median share and its
+range over the rounds.
 On a small machine the floor alone moves by tens of percent between runs of the
 same code, so one round cannot resolve a change of that size.
 
@@ -194,7 +196,8 @@ async def run_pipeline_bench(
             readings: dict[str, Any] | None = {} if cpu else None
             result = await measure(
                 url,
-                request_maker(kind, traffic, seed),
+                # A new seed a round: the same queries again would be encoder cache hits.
+                request_maker(kind, traffic, seed + round_no - 1),
                 concurrency=concurrency,
                 duration_s=duration_s,
                 warmup_s=warmup_s,

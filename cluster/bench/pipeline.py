@@ -378,12 +378,13 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
             *(f"{stages[s]:.1f}" if s in stages else "" for s in stage_columns),
         )
     # Wide enough for every column when the output is not a terminal (a log, a pipe).
-    Console(width=max(console.width, 150)).print(table)
+    wide = Console(width=max(console.width, 150))
+    wide.print(table)
     summary = share_summary(rows) if args.rounds > 1 else None
     if summary:
-        Console(width=max(console.width, 150)).print(summary_table(summary))
+        wide.print(summary_table(summary))
     if cpu:
-        Console(width=max(console.width, 150)).print(cpu_table(rows))
+        wide.print(cpu_table(rows))
     if args.json:
         out: dict[str, Any] = {"url": url, "rows": rows}
         if summary:

@@ -29,14 +29,15 @@ _RAY_MARKERS = ("ray::", "/ray/", "raylet", "gcs_server", "ray-dashboard")
 def part_of(cmdline: str, pid: int, own_pid: int) -> str:
     """The part of the app a process with this command line belongs to.
 
-    A Serve replica is its deployment's name (`Router`, `ShardRetriever-0`, ...); vLLM's
+    A Serve replica is its deployment's name (`Router`, `ShardRetriever-0`, ...), also
+    while Ray titles it after the method it runs (`...:Reranker.check_health`); vLLM's
     processes are `llm engine`; Serve's HTTP proxies (and HAProxy) `proxy`; Ray's other
     processes `ray`; this process `load generator`; anything else `other`.
     """
     if pid == own_pid:
         return "load generator"
     if cmdline.startswith("ray::ServeReplica:"):
-        return cmdline.split(" ", 1)[0].rsplit(":", 1)[-1]
+        return cmdline.split(" ", 1)[0].rsplit(":", 1)[-1].split(".", 1)[0]
     if cmdline.startswith("VLLM::"):
         return "llm engine"
     if cmdline.startswith(_PROXIES) or "/haproxy" in cmdline.split(" ", 1)[0]:
@@ -46,21 +47,31 @@ def part_of(cmdline: str, pid: int, own_pid: int) -> str:
     return "other"
 
 
-def cpu_seconds() -> dict[int, tuple[str, float]]:
-    """pid → (part, user + system CPU seconds so far) of every process this user can read."""
+Process = tuple[int, float]
+"""A process: its pid and when it started (a pid the system reuses is another process)."""
+
+
+def cpu_seconds() -> dict[Process, tuple[str, float]]:
+    """(pid, start) → (part, user + system CPU seconds so far) of every process this user
+    can read."""
     own = os.getpid()
     out = {}
-    for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+    for proc in psutil.process_iter(["cmdline", "cpu_times", "create_time"]):
         times = proc.info["cpu_times"]
         if times is None:  # gone, or not ours to read
             continue
         cmdline = " ".join(proc.info["cmdline"] or [])
-        out[proc.pid] = (part_of(cmdline, proc.pid, own), times.user + times.system)
+        out[proc.pid, proc.info["create_time"]] = (
+            part_of(cmdline, proc.pid, own),
+            times.user + times.system,
+        )
     return out
 
 
 def per_request_ms(
-    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], requests: int
+    before: dict[Process, tuple[str, float]],
+    after: dict[Process, tuple[str, float]],
+    requests: int,
 ) -> dict[str, float]:
     """CPU milliseconds per request by part between two `cpu_seconds()` readings.
 
@@ -70,9 +81,9 @@ def per_request_ms(
     if requests <= 0:
         return {}
     spent: dict[str, float] = {}
-    for pid, (part, seconds) in after.items():
-        earlier = before.get(pid)
-        used = seconds - (earlier[1] if earlier and earlier[0] == part else 0.0)
+    for process, (part, seconds) in after.items():
+        earlier = before.get(process)
+        used = seconds - (earlier[1] if earlier else 0.0)
         if used > 0:
             spent[part] = spent.get(part, 0.0) + used
     return {part: round(1000.0 * s / requests, 3) for part, s in spent.items()}

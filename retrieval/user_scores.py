@@ -22,6 +22,10 @@ The numbers are those of the dense computation over every catalog item
 item-kNN and EASE, to float32 rounding for ALS (its dot products run in other
 kernels). With an approximate `FactorIndex` the ALS proposals may miss some of
 the exact best, and the best unseen score is the best one found.
+
+The models of one build are fit over the same catalog order: `share_catalog`
+gives them one `item_ids` list and one `index`, so a request looks its seen
+items and its pool up once (`Positioned`) for every model, not once per model.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from retrieval.sequential import SequentialModel
 
 __all__ = [
     "FactorScores",
+    "Positioned",
     "SparseScores",
     "UserScores",
     "als_scores",
@@ -46,6 +51,7 @@ __all__ = [
     "item_knn_scores",
     "positions_of",
     "sequential_scores",
+    "share_catalog",
     "top_positions",
 ]
 
@@ -60,17 +66,56 @@ class UserScores(Protocol):
     top: list[str]
     """The model's proposals: up to its candidate count of unseen item ids, best first."""
 
-    def of(self, item_ids: Sequence[str]) -> np.ndarray:
+    def of(self, item_ids: Ids) -> np.ndarray:
         """The normalised score (float32, 0..1) of each of `item_ids`: 0 for ids the model
         does not know, for seen items and for items it scores at most 0."""
         ...
 
 
-def positions_of(index: Mapping[str, int], item_ids: Sequence[str]) -> np.ndarray:
-    """The positions of `item_ids` in `index`, -1 for ids it does not know."""
+@dataclass(frozen=True)
+class Positioned:
+    """Item ids with their positions in `index`, looked up once for every model whose `index`
+    is that very dict (`share_catalog`). A model with another index looks the ids up itself."""
+
+    index: Mapping[str, int]
+    ids: Sequence[str]
+    positions: np.ndarray
+
+    @classmethod
+    def of(cls, index: Mapping[str, int], ids: Sequence[str]) -> Positioned:
+        return cls(index, ids, positions_of(index, ids))
+
+
+Ids = Sequence[str] | Positioned
+"""Item ids, or item ids already looked up in a catalog index."""
+
+
+def positions_of(index: Mapping[str, int], item_ids: Ids) -> np.ndarray:
+    """The positions of `item_ids` in `index`, -1 for ids it does not know (not looked up
+    again when they are `Positioned` in this very `index`)."""
+    if isinstance(item_ids, Positioned):
+        if item_ids.index is index:
+            return item_ids.positions
+        item_ids = item_ids.ids
     # map() over dict.get: no Python frame per id (a heavy user's history is thousands).
     found = map(index.get, item_ids, itertools.repeat(-1))
     return np.fromiter(found, dtype=np.int64, count=len(item_ids))
+
+
+class _Catalogued(Protocol):
+    item_ids: list[str]
+    index: dict[str, int]
+
+
+def share_catalog(*models: _Catalogued | None) -> None:
+    """Give models fit over the same catalog order one `item_ids` list and one `index` dict
+    (the first model's): one copy in memory instead of one per model (a million-item
+    catalog's ids and index are hundreds of MB), and `Positioned` lookups shared by all."""
+    present = [m for m in models if m is not None]
+    for n, model in enumerate(present):
+        same = next((m for m in present[:n] if m.item_ids == model.item_ids), None)
+        if same is not None:
+            model.item_ids, model.index = same.item_ids, same.index
 
 
 def _find(ascending: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +158,7 @@ class SparseScores:
         index: Mapping[str, int],
         positions: np.ndarray,
         raw: np.ndarray,
-        seen: Sequence[str],
+        seen: Ids,
         n: int,
     ) -> SparseScores | None:
         """`raw` (the scores at ascending `positions`) clipped at 0, `seen` set to 0, divided
@@ -128,7 +173,7 @@ class SparseScores:
         top = [item_ids[positions[i]] for i in top_positions(scores, n) if scores[i] > 0]
         return cls(index, positions, scores, top)
 
-    def of(self, item_ids: Sequence[str]) -> np.ndarray:
+    def of(self, item_ids: Ids) -> np.ndarray:
         slot, stored = _find(self.positions, positions_of(self.index, item_ids))
         return np.where(stored, self.values[slot], 0.0).astype(np.float32)
 
@@ -145,7 +190,7 @@ class FactorScores:
     """Catalog positions of the seen items, sorted."""
     top: list[str]
 
-    def of(self, item_ids: Sequence[str]) -> np.ndarray:
+    def of(self, item_ids: Ids) -> np.ndarray:
         pos = positions_of(self.model.index, item_ids)
         raw = self.model.item_factors[np.maximum(pos, 0)] @ self.user
         scores = np.minimum(np.maximum(raw, 0.0) / self.best, 1.0)
@@ -154,7 +199,7 @@ class FactorScores:
 
 
 def item_knn_scores(
-    model: ItemKNN, history: Sequence[str], seen: Sequence[str], n: int
+    model: ItemKNN, history: Sequence[str], seen: Ids, n: int
 ) -> SparseScores | None:
     """Item-kNN's normalised scores for `history`, over its neighbour lists; None when no
     unseen item scores above 0."""
@@ -166,7 +211,7 @@ def ease_scores(
     model: EaseModel,
     history: Sequence[str],
     weights: Sequence[float],
-    seen: Sequence[str],
+    seen: Ids,
     n: int,
 ) -> SparseScores | None:
     """EASE's normalised scores for `history` weighted by `weights` (one per entry), over
@@ -176,7 +221,7 @@ def ease_scores(
 
 
 def als_scores(
-    model: AlsModel, index: FactorIndex, history: Sequence[str], seen: Sequence[str], n: int
+    model: AlsModel, index: FactorIndex, history: Sequence[str], seen: Ids, n: int
 ) -> FactorScores | None:
     """ALS's normalised scores for `history`, its `n` proposals from `index` (over
     `model`'s item factors); None when the model knows no history item or the search
@@ -200,7 +245,7 @@ def als_scores(
 
 
 def sequential_scores(
-    model: SequentialModel, history: Sequence[str], seen: Sequence[str], n: int
+    model: SequentialModel, history: Sequence[str], seen: Ids, n: int
 ) -> SparseScores | None:
     """The sequential model's next-item scores after `history` (oldest first), relative to
     its best unseen item; None when it knows no history item."""

@@ -71,12 +71,15 @@ from retrieval.profiles import blend_query, recency_weights, user_profile
 from retrieval.sequential import SequentialModel
 from retrieval.shards import Found, Hit, ShardLayout
 from retrieval.user_scores import (
+    Ids,
+    Positioned,
     UserScores,
     als_scores,
     ease_scores,
     item_knn_scores,
     positions_of,
     sequential_scores,
+    share_catalog,
 )
 
 __all__ = [
@@ -159,6 +162,9 @@ class _Models:
     """ALS's item factors, searched for its candidates."""
     popularity: np.ndarray | None = None
     """`cf.popularity_feature()`."""
+    catalog: dict[str, int] | None = None
+    """The catalog index the models share (`share_catalog`): a request's seen items and
+    pool are looked up in it once for all of them."""
 
 
 @dataclass
@@ -290,6 +296,8 @@ class RouterCore:
         thread), then swaps all the models in one assignment.
         """
         rc = self.config.router
+        share_catalog(cf, als, ease, sequential)
+        first = next((m for m in (cf, als, ease, sequential) if m is not None), None)
         self._models = _Models(
             cf=cf,
             als=als,
@@ -305,6 +313,7 @@ class RouterCore:
                 else None
             ),
             popularity=cf.popularity_feature() if cf is not None else None,
+            catalog=first.index if first is not None else None,
         )
 
     async def recommend(
@@ -548,7 +557,7 @@ class RouterCore:
                 self.item_rows.pop(item_id, None)
 
     def _collaborative(
-        self, models: _Models, history_ids: list[str], seen: list[str]
+        self, models: _Models, history_ids: list[str], seen: Sequence[str]
     ) -> dict[str, UserScores]:
         """Per model (`cf`, `als`, `ease`, `sequential`) that scores an unseen item above 0:
         its normalised scores and its proposals (`retrieval.user_scores`).
@@ -560,6 +569,8 @@ class RouterCore:
         cfg = self.config.router
         if not history_ids:
             return {}
+        if models.catalog is not None:  # one lookup of the seen items for every model
+            seen = Positioned.of(models.catalog, seen)
         scored: dict[str, UserScores | None] = {}
         if models.cf is not None:
             scored["cf"] = item_knn_scores(models.cf, history_ids, seen, cfg.cf_candidates)
@@ -628,11 +639,15 @@ class RouterCore:
         # Every candidate's features at once: arrays in FEATURES order, then one fuse.
         features = np.zeros((len(item_ids), len(FEATURES)), dtype=np.float64)
         features[:, _ANN] = [ann.get(i, cosine.get(i, 0.0)) for i in item_ids]
+        # The pool looked up once in the shared catalog index, for every model.
+        pooled: Ids = (
+            item_ids if models.catalog is None else Positioned.of(models.catalog, item_ids)
+        )
         for column, name in ((_KNN, "cf"), (_ALS, "als"), (_EASE, "ease"), (_SEQ, "sequential")):
             if name in collaborative:
-                features[:, column] = collaborative[name].of(item_ids)
+                features[:, column] = collaborative[name].of(pooled)
         if models.cf is not None and models.popularity is not None:
-            features[:, _POP] = _gather(models.popularity, models.cf.index, item_ids)
+            features[:, _POP] = _gather(models.popularity, models.cf.index, pooled)
         scores = weights.score(features, len(history_ids))
         # Candidates are built for what can be shown or reranked: the best `rows_for`, best
         # first (ties in pool order); with rows_for 0 (the offline pool), all, in pool order.
@@ -782,7 +797,7 @@ def _context(history: list[Hit], query: str | None, candidates: list[_Candidate]
     )
 
 
-def _gather(values: np.ndarray, index: dict[str, int], item_ids: list[str]) -> np.ndarray:
+def _gather(values: np.ndarray, index: dict[str, int], item_ids: Ids) -> np.ndarray:
     """`values` at the positions of `item_ids` in `index`; 0 for ids it does not know."""
     pos = positions_of(index, item_ids)
     return np.where(pos >= 0, values[np.maximum(pos, 0)], 0.0)

@@ -17,6 +17,7 @@ from retrieval.ease import EaseModel
 from retrieval.fusion import FEATURES
 from retrieval.profiles import recency_weights
 from retrieval.shards import Shard
+from retrieval.user_scores import Positioned, positions_of, share_catalog
 from tests.factories import make_shards
 
 
@@ -88,6 +89,22 @@ def small(tmp_path_factory):
         EaseModel.fit(log, item_ids, lam=5.0, max_items=120),
         [Shard.load(path, s) for s in range(2)],
     )
+
+
+def test_models_of_one_catalog_share_its_index_and_a_request_is_looked_up_once(small):
+    item_ids, log, knn, als, ease, _ = small
+    other = ItemKNN.fit(log, item_ids[::-1])  # the same items in another order
+    share_catalog(knn, None, als, ease, other)
+    assert als.index is knn.index and ease.index is knn.index and als.item_ids is knn.item_ids
+    assert other.index is not knn.index and other.item_ids == item_ids[::-1]
+    assert make_core(knn, als, ease)._models.catalog is knn.index
+
+    seen = Positioned.of(knn.index, [item_ids[5], "no-such-item", item_ids[0]])
+    assert list(seen.positions) == [5, -1, 0]
+    assert positions_of(ease.index, seen) is seen.positions  # not looked up again
+    # Another index looks the ids up itself.
+    last = len(item_ids) - 1
+    assert list(positions_of(other.index, seen)) == [last - 5, -1, last]
 
 
 def requests(log: pa.Table, item_ids: list[str], count: int):

@@ -436,9 +436,11 @@ class RouterConfig(_Placed):
     item_cache_size: int = Field(20_000, ge=0, le=10_000_000)
     """Catalog rows (metadata and vector, ~2 KB each at 384 dims) a router replica keeps from
     its history lookups, so a returning user's history costs no shard call; 0: always ask."""
-    item_cache_ttl_s: float = Field(30.0, gt=0, le=86_400)
-    """How long a cached row is used. An upsert or delete through this replica drops it at
-    once; one through another router replica is seen here after at most this long."""
+    item_cache_ttl_s: float = Field(600.0, gt=0, le=86_400)
+    """How long a cached row is used at most. Changes reach the cache sooner: an upsert or
+    delete through this replica drops its rows at once, and every search answer carries its
+    shards' versions, so a change through any replica retires that shard's rows from the
+    next answer on (`deployments/router/rows.py`)."""
     history_half_life: float = Field(10.0, gt=0)
     """Recency weighting of the profile: an interaction this many steps back counts half. A
     tuned `fusion.json` (`llmrec eval --tune`) replaces it with its `profile_half_life`."""

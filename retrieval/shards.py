@@ -49,6 +49,7 @@ __all__ = [
     "Item",
     "Manifest",
     "Scored",
+    "ShardVersion",
     "Found",
     "Shard",
     "ShardFiles",
@@ -77,6 +78,12 @@ class Scored(NamedTuple):
     score: float
 
 
+ShardVersion = tuple[int, int]
+"""A shard's state as a retriever replica serves it: (when it was loaded, in ns since the
+epoch; catalog writes applied since). It only grows while the shard's content stays the
+same, and moves with every upsert, delete and reload."""
+
+
 class Found(NamedTuple):
     """A shard's answer to the router: its top k, and the scores of the ids it was asked about.
 
@@ -85,25 +92,30 @@ class Found(NamedTuple):
     other sources get their cosine without their rows crossing a hop. `rows` holds
     the rows and vectors of the best `rows_for` nearest when the caller asked for
     them (a query-only request, whose shown items are mostly these): no second call.
+    `versions` holds the version of each shard searched (`ShardVersion`), read before
+    the search, so the caller can tell whether rows it keeps from a shard are current.
     """
 
     nearest: list[Scored]
     scored: list[Scored]
     rows: dict[str, tuple[Hit, np.ndarray]] | None = None
+    versions: dict[int, ShardVersion] | None = None
 
     def __reduce__(self):
         # Across a Serve hop as plain (id, score) tuples: pickling hundreds of NamedTuples
         # one by one cost the router and the retriever about 0.5 ms a search between them.
-        return _found, (list(map(tuple, self.nearest)), list(map(tuple, self.scored)), self.rows)
+        nearest, scored = list(map(tuple, self.nearest)), list(map(tuple, self.scored))
+        return _found, (nearest, scored, self.rows, self.versions)
 
 
 def _found(
     nearest: list[tuple[str, float]],
     scored: list[tuple[str, float]],
     rows: dict[str, tuple[Hit, np.ndarray]] | None,
+    versions: dict[int, ShardVersion] | None = None,
 ) -> Found:
     """A `Found` again from what `Found.__reduce__` sent."""
-    return Found(list(map(Scored._make, nearest)), list(map(Scored._make, scored)), rows)
+    return Found(list(map(Scored._make, nearest)), list(map(Scored._make, scored)), rows, versions)
 
 
 def _by_category(categories: Sequence[list[str] | None]) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +19,15 @@ import numpy as np
 
 from retrieval.config import SEARCH_KNOBS, RetrieverConfig
 from retrieval.merge import merge_top_k
-from retrieval.shards import Found, Hit, IndexIntegrityError, Item, Shard, shard_of
+from retrieval.shards import (
+    Found,
+    Hit,
+    IndexIntegrityError,
+    Item,
+    Shard,
+    ShardVersion,
+    shard_of,
+)
 
 __all__ = [
     "SEARCH_TIME_FIELDS",
@@ -70,6 +79,14 @@ class ShardRetrieverCore:
         self._write_lock = threading.Lock()
         self.shard = self._load()
         self._probe_id: str | None = None
+        self._loaded_ns = time.time_ns()
+        self._writes = 0
+
+    @property
+    def version(self) -> ShardVersion:
+        """This shard's `ShardVersion`. A write counts once it is searchable, and a search
+        reads the version before it starts, so what it returns is at least that new."""
+        return self._loaded_ns, self._writes
 
     def _load(self) -> Shard:
         return Shard.load(
@@ -103,6 +120,7 @@ class ShardRetrieverCore:
                 raise
             self.shard = fresh
             self._probe_id = None
+            self._loaded_ns, self._writes = max(time.time_ns(), self._loaded_ns + 1), 0
         return self.shard.stats()
 
     def search(
@@ -124,10 +142,12 @@ class ShardRetrieverCore:
         rows_for: int = 0,
     ) -> Found:
         """The top `k` as ids and scores, the scores of the `also` items, and the rows of the
-        best `rows_for` (`Shard.find`)."""
-        return self.shard.find(
+        best `rows_for` (`Shard.find`), with this shard's version."""
+        version = self.version
+        found = self.shard.find(
             vector, k, exclude=exclude, categories=categories, also=also, rows_for=rows_for
         )
+        return found._replace(versions={self.shard_no: version})
 
     def lookup(self, item_ids: Sequence[str]) -> dict[str, tuple[Hit, np.ndarray]]:
         return self.shard.lookup(item_ids)
@@ -135,12 +155,16 @@ class ShardRetrieverCore:
     def upsert(self, items: Sequence[Item], vectors: np.ndarray) -> int:
         """Add or replace items; durable and searchable when this returns (the log's seq)."""
         with self._write_lock:
-            return self.shard.upsert(items, vectors)
+            seq = self.shard.upsert(items, vectors)
+            self._writes += 1
+            return seq
 
     def delete(self, item_ids: Sequence[str]) -> list[str]:
         """Delete items; returns the ids this shard had."""
         with self._write_lock:
-            return self.shard.delete(item_ids)
+            deleted = self.shard.delete(item_ids)
+            self._writes += bool(deleted)
+            return deleted
 
     def stats(self) -> dict:
         return {"shard": self.shard_no, **self.shard.stats()}
@@ -236,7 +260,8 @@ class ShardGroupCore:
         ]
         nearest = merge_top_k([f.nearest for f in found], k)
         rows = self.lookup([s.item_id for s in nearest[:rows_for]]) if rows_for > 0 else None
-        return Found(nearest, [scored for f in found for scored in f.scored], rows)
+        versions = {s: v for f in found for s, v in (f.versions or {}).items()}
+        return Found(nearest, [scored for f in found for scored in f.scored], rows, versions)
 
     def lookup(self, item_ids: Sequence[str]) -> dict[str, tuple[Hit, np.ndarray]]:
         found: dict[str, tuple[Hit, np.ndarray]] = {}

@@ -4,7 +4,8 @@ The stages and their deadline rules:
 
 1. history: the stored history of `user_id` plus the request's `history`
    (unknown request items are a 404); rows and vectors come from the owning
-   shards, or from the replica's TTL cache of them (`router.item_cache_size`).
+   shards, or from the replica's cache of them (`router.item_cache_size`, kept while
+   their shard's version is unchanged: `deployments/router/rows.py`).
 2. encode the query (concurrently with 1) and build the profile.
    An encoder that fails or is later than `encode_timeout_ms` costs the query
    only (`degraded: ["encoder"]`): the request goes on from its history, or
@@ -49,7 +50,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from cachetools import TTLCache
 
 from deployments.errors import (
     BackendFailed,
@@ -60,6 +60,7 @@ from deployments.errors import (
 )
 from deployments.reranker.core import Explanation, RerankOutcome
 from deployments.reranker.prompts import Candidate, PromptContext
+from deployments.router.rows import RowCache
 from deployments.router.schemas import RecommendedItem, RecommendRequest, RecommendResponse
 from deployments.router.store import MemoryStore, UserStore
 from retrieval.collab import AlsModel, FactorIndex, ItemKNN
@@ -267,8 +268,10 @@ class RouterCore:
         self._skip_replica_until: dict[int, float] = {}
         rc = config.router
         # Only rows that exist are cached: an unknown id is asked again (and 404'd) every time.
-        self.item_rows: TTLCache[str, tuple[Hit, np.ndarray]] | None = (
-            TTLCache(rc.item_cache_size, rc.item_cache_ttl_s) if rc.item_cache_size else None
+        self.item_rows: RowCache | None = (
+            RowCache(rc.item_cache_size, rc.item_cache_ttl_s, self.layout.shard)
+            if rc.item_cache_size
+            else None
         )
         f = self.fusion
         # A query states what the user wants now: the cosine to the query-blended profile
@@ -515,10 +518,13 @@ class RouterCore:
         calls = {
             g: self.shards[g].lookup(ids) for g, ids in self._by_replica(missing).items() if ids
         }
+        if not calls:
+            return found
+        versions = cache.versions() if cache is not None else {}  # what the rows are at least
         for part in (await self._gather_shards(calls, clock, degraded)).values():
             found.update(part)
             if cache is not None:
-                cache.update(part)
+                cache.put(part, versions)
         return found
 
     def _cached_cosine(
@@ -553,8 +559,7 @@ class RouterCore:
     def forget_items(self, item_ids: Iterable[str]) -> None:
         """Drop cached rows of items that changed (upserted or deleted through this replica)."""
         if self.item_rows is not None:
-            for item_id in item_ids:
-                self.item_rows.pop(item_id, None)
+            self.item_rows.forget(item_ids)
 
     def _collaborative(
         self, models: _Models, history_ids: list[str], seen: Sequence[str]
@@ -624,7 +629,10 @@ class RouterCore:
         clock.lap("search", t)  # the retrieve stage's wait on its shard calls
         prefetched = {i: row for r in results.values() for i, row in (r.rows or {}).items()}
         if self.item_rows is not None:
-            self.item_rows.update(prefetched)
+            # The shards' versions now: rows kept from before a change are asked again.
+            versions = {s: v for r in results.values() for s, v in (r.versions or {}).items()}
+            self.item_rows.learn(versions)
+            self.item_rows.put(prefetched, versions)
         ann = {
             hit.item_id: hit.score for hit in merge_top_k([r.nearest for r in results.values()], n)
         }

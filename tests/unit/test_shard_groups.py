@@ -6,6 +6,7 @@ tests/integration/test_retriever_live.py).
 """
 
 import asyncio
+import pickle
 
 import numpy as np
 import pytest
@@ -83,6 +84,31 @@ def test_a_group_writes_each_item_to_its_own_shard_and_refuses_foreign_ones(inde
     group.check_health()
 
 
+def test_a_shards_version_moves_with_each_write_and_reload_and_comes_with_its_answers(index):
+    path, vectors = index
+    group = ShardGroupCore(path, [0, 1], N_SHARDS, RetrieverConfig())
+
+    def versions():
+        return group.search_ids(vectors[0], 5).versions
+
+    first = versions()
+    assert set(first) == {0, 1} and versions() == first  # a search changes nothing
+    mine = next(f"n{i}" for i in range(50) if shard_of(f"n{i}", N_SHARDS) == 1)
+    group.upsert([Item(item_id=mine, title="new")], vectors[:1])
+    after = versions()
+    assert after[0] == first[0] and after[1] > first[1]
+    group.delete(["not-here"])  # deleted nothing
+    assert versions() == after
+    group.delete([mine])
+    deleted = versions()
+    assert deleted[1] > after[1]
+    group.reload()
+    reloaded = versions()
+    assert reloaded[0] > first[0] and reloaded[1] > deleted[1]
+    found = group.search_ids(vectors[0], 5, rows_for=2)
+    assert pickle.loads(pickle.dumps(found)).versions == found.versions == reloaded
+
+
 class GroupClient:
     """A retriever replica called in-process; `down` makes it fail like a dead replica."""
 
@@ -141,6 +167,26 @@ async def test_the_router_answers_the_same_whatever_the_layout_with_one_call_per
         assert all(1 <= c.calls <= 3 for c in clients), [c.calls for c in clients]
     assert answers[0] == answers[1] == answers[2]
     assert not set(history) & {item_id for item_id, _ in answers[0]}
+
+
+async def test_a_write_through_another_router_replica_shows_from_the_next_answer_on(index):
+    path, vectors = index
+    core, clients = router_over(path, vectors, per_replica=N_SHARDS)
+    req = RecommendRequest(history=["1", "4"], query="5", k=10, rerank=False)
+    first = await core.recommend(req)
+    await core.recommend(req)  # the history, kept before the first answer told the versions
+    clients[0].calls = 0
+    assert [i.item_id for i in (await core.recommend(req)).items] == [
+        i.item_id for i in first.items
+    ]
+    assert clients[0].calls == 1  # the search alone: every row came from the cache
+    # Another router replica renames a shown item: the write reaches the shard, not this router.
+    shown = first.items[0].item_id
+    group = clients[0].core
+    vector = group.lookup([shown])[shown][1]
+    group.upsert([Item(item_id=shown, title="renamed")], vector[None])
+    again = await core.recommend(req)
+    assert {i.item_id: i.title for i in again.items}[shown] == "renamed"
 
 
 async def test_a_failed_replica_names_each_of_its_shards(index):
@@ -202,7 +248,10 @@ async def test_rows_are_fetched_only_for_what_can_be_shown(index):
     assert len(answer.items) == 5
     history_lookup, candidate_rows = looked_up
     assert sorted(history_lookup) == sorted(history) and len(candidate_rows) == 5
+    # The history was kept before any search told the shards' versions: asked once more.
     pool = await core.candidate_pool(RecommendRequest(history=history, k=5))
+    assert len(pool) > 5 and looked_up[2:] == [history_lookup]
     # The pool for tuning needs no rows: its history comes from the row cache, and no
     # candidate row is asked for.
-    assert len(pool) > 5 and len(looked_up) == 2
+    assert len(await core.candidate_pool(RecommendRequest(history=history, k=5))) == len(pool)
+    assert len(looked_up) == 3

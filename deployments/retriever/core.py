@@ -79,14 +79,18 @@ class ShardRetrieverCore:
         self._write_lock = threading.Lock()
         self.shard = self._load()
         self._probe_id: str | None = None
-        self._loaded_ns = time.time_ns()
-        self._writes = 0
+        # One attribute, replaced whole: a search reads it in one step, never half a reload.
+        self._version: ShardVersion = (time.time_ns(), 0)
 
     @property
     def version(self) -> ShardVersion:
         """This shard's `ShardVersion`. A write counts once it is searchable, and a search
         reads the version before it starts, so what it returns is at least that new."""
-        return self._loaded_ns, self._writes
+        return self._version
+
+    def _wrote(self) -> None:
+        loaded, writes = self._version
+        self._version = (loaded, writes + 1)
 
     def _load(self) -> Shard:
         return Shard.load(
@@ -120,7 +124,7 @@ class ShardRetrieverCore:
                 raise
             self.shard = fresh
             self._probe_id = None
-            self._loaded_ns, self._writes = max(time.time_ns(), self._loaded_ns + 1), 0
+            self._version = (max(time.time_ns(), self._version[0] + 1), 0)
         return self.shard.stats()
 
     def search(
@@ -156,14 +160,15 @@ class ShardRetrieverCore:
         """Add or replace items; durable and searchable when this returns (the log's seq)."""
         with self._write_lock:
             seq = self.shard.upsert(items, vectors)
-            self._writes += 1
+            self._wrote()
             return seq
 
     def delete(self, item_ids: Sequence[str]) -> list[str]:
         """Delete items; returns the ids this shard had."""
         with self._write_lock:
             deleted = self.shard.delete(item_ids)
-            self._writes += bool(deleted)
+            if deleted:
+                self._wrote()
             return deleted
 
     def stats(self) -> dict:

@@ -271,7 +271,8 @@ class RetrieverConfig(_Placed):
     candidates: int = Field(50, ge=1, le=1000)
     """ANN candidates asked of every shard before fusion."""
     faiss_threads: int = Field(1, ge=1)
-    """OpenMP threads per shard search; 1 keeps concurrent shards from oversubscribing cores."""
+    """OpenMP threads of a shard's searches and writes, on the replica's event loop and in its
+    worker threads; 1 keeps concurrent shards from oversubscribing cores."""
     inline_search_ms: float = Field(5.0, ge=0, le=1000)
     """Searches that have recently taken less than this run on the replica's event loop; slower
     ones run in a worker thread (FAISS releases the GIL) so the loop keeps taking requests. A

@@ -8,6 +8,10 @@ deployment's `user_config` and apply in place (`reconfigure`), without a reload.
 FAISS releases the GIL, so slow searches run in threads off the event loop; fast
 ones (see `RetrieverConfig.inline_search_ms`) run on it, where they cost less
 than the hop to a thread. Lookups follow the same rule, timed on their own.
+Work off the loop (slow searches, writes, reloads, health checks) runs in the
+replica's own thread pool, whose threads search with `retriever.faiss_threads`
+OpenMP threads like the loop's: OpenMP's thread count is a per-thread setting, and
+a thread that never set it uses every core.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import faiss
 import numpy as np
 from ray import serve
 from ray.serve import Application
@@ -29,7 +35,7 @@ from retrieval.shards import Found, Hit, Item, ShardLayout
 
 T = TypeVar("T")
 
-__all__ = ["SearchTimer", "ShardRetriever", "bind_shards"]
+__all__ = ["SearchTimer", "ShardRetriever", "bind_shards", "faiss_thread_pool"]
 
 
 class SearchTimer:
@@ -64,6 +70,7 @@ class ShardRetriever:
         )
         self.timer = SearchTimer(self.core.config.inline_search_ms / 1e3)
         self.lookup_timer = SearchTimer(self.core.config.inline_search_ms / 1e3)
+        self.threads = faiss_thread_pool(self.core.config.faiss_threads)
         settle_heap()  # the shards' rows, out of the collector's full passes
 
     def reconfigure(self, config: dict) -> None:
@@ -84,7 +91,10 @@ class ShardRetriever:
         timer = timer or self.timer
         if timer.inline():
             return self._timed(timer, search, *args)
-        return await asyncio.to_thread(self._timed, timer, search, *args)
+        return await self._in_thread(self._timed, timer, search, *args)
+
+    async def _in_thread(self, work: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.threads, work, *args)
 
     async def search(
         self, vector: np.ndarray, k: int, exclude: list[str], categories: list[str] | None
@@ -112,13 +122,13 @@ class ShardRetriever:
         return await self._search(self.core.lookup, item_ids, timer=self.lookup_timer)
 
     async def upsert(self, items: list[Item], vectors: np.ndarray) -> int:
-        return await asyncio.to_thread(self.core.upsert, items, vectors)
+        return await self._in_thread(self.core.upsert, items, vectors)
 
     async def delete(self, item_ids: list[str]) -> list[str]:
-        return await asyncio.to_thread(self.core.delete, item_ids)
+        return await self._in_thread(self.core.delete, item_ids)
 
     async def reload(self) -> dict[int, dict]:
-        stats = await asyncio.to_thread(self.core.reload)
+        stats = await self._in_thread(self.core.reload)
         settle_heap()  # the old shards' rows collected, the new ones frozen
         return stats
 
@@ -126,7 +136,16 @@ class ShardRetriever:
         return self.core.stats()
 
     async def check_health(self) -> None:
-        await asyncio.to_thread(self.core.check_health)
+        await self._in_thread(self.core.check_health)
+
+
+def faiss_thread_pool(faiss_threads: int) -> ThreadPoolExecutor:
+    """Worker threads that each search with `faiss_threads` OpenMP threads."""
+    return ThreadPoolExecutor(
+        thread_name_prefix="faiss",
+        initializer=faiss.omp_set_num_threads,
+        initargs=(faiss_threads,),
+    )
 
 
 def bind_shards(

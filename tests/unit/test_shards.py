@@ -161,3 +161,26 @@ def test_fast_searches_run_inline_and_slow_ones_move_to_a_thread():
         timer.record(0.0002)
     assert timer.inline()
     assert not SearchTimer(inline_below_s=0.0).inline()  # 0: always a thread
+
+
+def test_a_replicas_worker_threads_search_with_the_configured_faiss_threads(tmp_path):
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import faiss
+
+    from deployments.retriever.deployment import ShardRetriever
+
+    make_shards(tmp_path / "index", n=60, dim=8, n_shards=2)
+    # OpenMP's thread count is per thread: a thread that never set it gets the default.
+    with ThreadPoolExecutor(1) as plain:
+        default = plain.submit(faiss.omp_get_max_threads).result()
+    wanted = default + 1
+    config = {"faiss_threads": wanted, "inline_search_ms": 0.0}  # every search in a thread
+    replica = ShardRetriever.func_or_class({"data_dir": str(tmp_path)}, [0, 1], 2, config)
+    try:
+        assert asyncio.run(replica._in_thread(faiss.omp_get_max_threads)) == wanted
+        found = asyncio.run(replica.search_ids(np.ones(8, dtype=np.float32), 5, [], None))
+        assert len(found.nearest) == 5
+    finally:
+        replica.threads.shutdown()

@@ -8,6 +8,9 @@ GCS, dashboard, agents, the Serve controller), `loadgen` (the calling process) a
 `host` (every busy core of the machine, whatever runs there). Differences of two calls
 divided by the seconds between them are the cores each role kept busy. Only processes of
 this machine are seen: on a cluster of several machines each needs its own probe.
+`part_of` names a process's part of the app, replica by replica; `llmrec bench
+pipeline`'s CPU table (`cluster/bench/cpu.py`) uses it as it is, the probe groups it
+into roles (`role_of`).
 """
 
 from __future__ import annotations
@@ -18,32 +21,46 @@ from collections import defaultdict
 
 import psutil
 
-__all__ = ["ServeCpuProbe", "role_of"]
+__all__ = ["ServeCpuProbe", "part_of", "role_of"]
 
-_RAY_TITLES = ("ray::ServeController", "ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::IDLE")
-_RAY_BINARIES = ("raylet", "gcs_server")
+_REPLICA = "ray::ServeReplica:"
+_PROXIES = ("ray::ProxyActor", "ray::HAProxyManager")
+_RAY_MARKERS = ("ray::", "/ray/", "raylet", "gcs_server", "ray-dashboard")
+_ROLE_OF_PART = {"llm engine": "Reranker", "load generator": "loadgen", "other": None}
+
+
+def part_of(cmdline: str, pid: int, own_pid: int, app: str | None = None) -> str:
+    """The part of the app a process with this command line belongs to.
+
+    A Serve replica is its deployment's name (`Router`, `ShardRetriever-0`, ...), also
+    while Ray titles it after the method it runs (`...:Reranker.check_health`); vLLM's
+    processes are `llm engine`; Serve's HTTP proxies (and HAProxy) `proxy`; Ray's other
+    processes `ray`; the process `own_pid` `load generator`; anything else, and the
+    replicas of an application other than `app` when one is given, `other`.
+    """
+    if pid == own_pid:
+        return "load generator"
+    if cmdline.startswith(_REPLICA):
+        replica_app, _, deployment = cmdline.split(" ", 1)[0][len(_REPLICA) :].partition(":")
+        if app is not None and replica_app != app:
+            return "other"
+        return deployment.split(".", 1)[0]  # without the `.method` Ray adds while it runs one
+    if cmdline.startswith("VLLM::"):
+        return "llm engine"
+    if cmdline.startswith(_PROXIES) or "/haproxy" in cmdline.split(" ", 1)[0]:
+        return "proxy"
+    if any(marker in cmdline for marker in _RAY_MARKERS):
+        return "ray"
+    return "other"
 
 
 def role_of(cmdline: list[str], app: str) -> str | None:
-    """The role a process with this command line plays (module docstring), or None."""
-    if not cmdline:
-        return None
-    title = cmdline[0]
-    prefix = f"ray::ServeReplica:{app}:"
-    if title.startswith(prefix):
-        deployment = title[len(prefix) :].split(".", 1)[0]  # `.method` while it runs one
-        return re.sub(r"-\d+$", "", deployment)
-    if title.startswith("VLLM::"):
-        return "Reranker"
-    if title.startswith("ray::ProxyActor") or os.path.basename(title) == "haproxy":
-        return "proxy"
-    if title.startswith(_RAY_TITLES) or os.path.basename(title) in _RAY_BINARIES:
-        return "ray"
-    if title.startswith("ray-dashboard") or any("ray/dashboard" in a for a in cmdline[:3]):
-        return "ray"
-    if any(a.endswith(("log_monitor.py", "monitor.py")) for a in cmdline[:3]):
-        return "ray"
-    return None
+    """The role a process with this command line plays (module docstring), or None: its
+    `part_of` with the numbered deployments together and vLLM's engine in `Reranker`."""
+    part = part_of(" ".join(cmdline), pid=-1, own_pid=0, app=app)
+    if part in _ROLE_OF_PART:
+        return _ROLE_OF_PART[part]
+    return re.sub(r"-\d+$", "", part)
 
 
 class ServeCpuProbe:

@@ -7,7 +7,8 @@ proxies, the LLM engine, Ray's own processes, the load generator and the rest
 of the machine. On a machine whose cores are saturated that says which part to
 make cheaper; latency stages (`timings_ms`) cannot, since they include waiting.
 Only processes on this machine are seen, so the numbers mean something only
-when the service runs here (the bench's default target, 127.0.0.1).
+when the service runs here (the bench's default target, 127.0.0.1). Processes are
+told apart by `cluster.cpu_probe.part_of`, as the load tester's probe does.
 """
 
 from __future__ import annotations
@@ -16,36 +17,13 @@ import os
 
 import psutil
 
+from cluster.cpu_probe import part_of
+
 __all__ = ["PARTS_ORDER", "cpu_seconds", "part_of", "per_request_ms"]
 
 PARTS_ORDER = ("Router", "ShardRetriever", "Encoder", "Reranker", "llm engine", "proxy")
 """How tables order the parts (a part named after a deployment keeps its replica suffix);
 the rest follow: ray, load generator, other."""
-
-_PROXIES = ("ray::ProxyActor", "ray::HAProxyManager")
-_RAY_MARKERS = ("ray::", "/ray/", "raylet", "gcs_server", "ray-dashboard")
-
-
-def part_of(cmdline: str, pid: int, own_pid: int) -> str:
-    """The part of the app a process with this command line belongs to.
-
-    A Serve replica is its deployment's name (`Router`, `ShardRetriever-0`, ...), also
-    while Ray titles it after the method it runs (`...:Reranker.check_health`); vLLM's
-    processes are `llm engine`; Serve's HTTP proxies (and HAProxy) `proxy`; Ray's other
-    processes `ray`; this process `load generator`; anything else `other`.
-    """
-    if pid == own_pid:
-        return "load generator"
-    if cmdline.startswith("ray::ServeReplica:"):
-        return cmdline.split(" ", 1)[0].rsplit(":", 1)[-1].split(".", 1)[0]
-    if cmdline.startswith("VLLM::"):
-        return "llm engine"
-    if cmdline.startswith(_PROXIES) or "/haproxy" in cmdline.split(" ", 1)[0]:
-        return "proxy"
-    if any(marker in cmdline for marker in _RAY_MARKERS):
-        return "ray"
-    return "other"
-
 
 Process = tuple[int, float]
 """A process: its pid and when it started (a pid the system reuses is another process)."""

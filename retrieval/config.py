@@ -327,6 +327,12 @@ class RerankerConfig(_Placed):
     """LLM calls (a rerank or one request's explanations) a replica runs at once; more are
     refused at once (`QueueFull`) and the router degrades the stage. On a CPU each call takes
     ~1 s of both cores, so a deep queue only makes every waiting call miss its deadline."""
+    health_probe_s: float = Field(300.0, ge=0, le=86_400)
+    """Serve's health check (every 30 s) passes without a probe while the engine has
+    answered within this many seconds and has not died; otherwise it scores a real prompt,
+    so an idle engine is probed about this often. A probe costs an idle CPU engine over a
+    second of a core (the forward pass, then its workers polling for the next request).
+    0 probes at every check."""
     max_model_len: int = Field(2048, ge=256)
     """Context length the engine reserves per sequence."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from deployments.reranker.engine import EngineOutput
+from deployments.reranker.engine import EngineFailed, EngineOutput
 from retrieval.shards import build_shards
 
 CATEGORIES = ["Drama", "Comedy", "Horror", "Western"]
@@ -122,6 +122,10 @@ class ScriptedEngine:
 
     def running(self):
         return self.in_flight
+
+    def check_alive(self):
+        if self.closed:
+            raise EngineFailed("the engine is shut down")
 
     def describe(self):
         return {"dtype": "float32", "dtype_reason": "scripted"}

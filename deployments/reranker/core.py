@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Sequence
@@ -155,6 +156,7 @@ class RerankerCore:
         self.admission = Admission(config.max_pending)
         self.stats = _Stats()
         self.warmed = False
+        self._answered_at = -math.inf  # time.monotonic() of the engine's latest answer
         self._always_cached = 0  # tokens every prompt shares (system message, instructions)
         self._common: tuple[tuple, int] = ((), 0)  # see _common_tokens
         # User key -> (ids of the candidates a recent rerank lettered, its prompt tokens).
@@ -550,9 +552,16 @@ class RerankerCore:
             self.cost.calibrate_steps(samples)
 
     async def check_health(self) -> None:
-        """Fails until `warm_up` has run, or when the engine cannot score a prompt."""
+        """Fails until `warm_up` has run, when the engine has died, or when it cannot score a
+        prompt: probed only when it has not answered for `config.health_probe_s`."""
         if not self.warmed:
             raise RerankFailed("reranker is still warming up")
+        try:
+            self.engine.check_alive()
+        except EngineFailed as exc:
+            raise RerankFailed(f"reranker engine failed: {exc}") from exc
+        if time.monotonic() - self._answered_at < self.config.health_probe_s:
+            return
         messages = build_rerank_prompt(_WARM_UP[1], item_text_chars=0)
         out = await self._call(self.engine.score(messages), None)
         if not out.logprobs:
@@ -575,14 +584,15 @@ class RerankerCore:
         """Stop the engine (idempotent)."""
         self.engine.shutdown()
 
-    @staticmethod
-    async def _call(awaitable: Awaitable[_T], deadline: float | None) -> _T:
+    async def _call(self, awaitable: Awaitable[_T], deadline: float | None) -> _T:
         """Await an engine call until `deadline`; past it the call is cancelled (and aborted)."""
         try:
             if deadline is None:
-                return await awaitable
-            left = max(deadline - time.time(), 0.0)
-            return await asyncio.wait_for(awaitable, timeout=left)
+                out = await awaitable
+            else:
+                out = await asyncio.wait_for(awaitable, timeout=max(deadline - time.time(), 0.0))
+            self._answered_at = time.monotonic()
+            return out
         except TimeoutError as exc:
             raise DeadlineExceeded("LLM work passed its deadline and was aborted") from exc
         except EngineFailed as exc:

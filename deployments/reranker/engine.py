@@ -89,8 +89,9 @@ class RerankEngine(Protocol):
     is nudged toward (`prefer`); at `stop_at` (a `time.time()` value) the
     requests still running are aborted and answer what they have written.
     Cancelling either call aborts its requests in the engine; `running()` is
-    how many requests the engine holds. Failures raise `PromptTooLong` when
-    messages do not fit the context and `EngineFailed` otherwise.
+    how many requests the engine holds; `check_alive()` raises `EngineFailed` when the
+    engine has died or been shut down, without sending it a request. Failures raise
+    `PromptTooLong` when messages do not fit the context and `EngineFailed` otherwise.
     `describe()` says how the engine runs (dtype and why, threads);
     `shutdown()` releases it and is idempotent.
     """
@@ -110,6 +111,8 @@ class RerankEngine(Protocol):
     ) -> list[EngineOutput]: ...
 
     def running(self) -> int: ...
+
+    def check_alive(self) -> None: ...
 
     def describe(self) -> dict[str, Any]: ...
 
@@ -347,6 +350,12 @@ class VllmEngine:
         if self._llm is None:
             return 0
         return int(self._llm.output_processor.get_num_unfinished_requests())
+
+    def check_alive(self) -> None:
+        if self._llm is None:
+            raise EngineFailed("the engine is shut down")
+        if self._llm.errored:
+            raise EngineFailed(f"the engine died: {self._llm.dead_error}")
 
     def describe(self) -> dict[str, Any]:
         return dict(self._described)

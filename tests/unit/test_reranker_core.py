@@ -321,6 +321,29 @@ async def test_health_waits_for_the_warm_up_which_calibrates_the_costs():
     assert engine.closed
 
 
+async def test_an_engine_that_answered_lately_passes_the_health_check_without_a_probe():
+    engine = ScriptedEngine()
+    core = make_core(engine, health_probe_s=300)
+    await core.warm_up()
+    sent = len(engine.prompts)
+    await core.check_health()
+    assert len(engine.prompts) == sent  # the warm-up's answers count: nothing sent
+    core._answered_at -= 301  # as if idle for longer than health_probe_s
+    await core.check_health()
+    assert len(engine.prompts) == sent + 1  # probed
+    await core.check_health()
+    assert len(engine.prompts) == sent + 1  # the probe's answer counts too
+    every = make_core(ScriptedEngine(), health_probe_s=0)
+    every.warmed = True
+    for n in (1, 2):
+        await every.check_health()
+        assert len(every.engine.prompts) == n
+    engine.closed = True  # a dead engine fails at once, however lately it answered
+    with pytest.raises(RerankFailed, match="shut down"):
+        await core.check_health()
+    assert len(engine.prompts) == sent + 1
+
+
 def test_letters_cover_the_configured_maximum():
     assert RerankerConfig(max_candidates=len(LETTERS)).max_candidates == len(LETTERS)
     with pytest.raises(ValueError):

@@ -60,12 +60,16 @@ HEAD_ADDRESS = f"127.0.0.1:{HEAD_PORT}"
 
 # Environment of `ray start` (a variable already set in the caller's environment wins):
 # Serve's high-throughput mode (HAProxy HTTP ingress straight to the ingress replicas, gRPC
-# between replicas) and replicas at normal CPU priority (Ray nices its workers to 15 by
-# default, which starves them next to any other busy process). See README, "Encoder pool".
+# between replicas), replicas at normal CPU priority (Ray nices its workers to 15 by
+# default, which starves them next to any other busy process), and Serve's controller
+# looping every 0.5 s instead of 0.1 s (idle, it used 5.6% of a core on a 2-core machine,
+# 1.9% at 0.5 s; a deploy or a dead replica is acted on up to 0.4 s later). See README,
+# "Using it".
 RAY_START_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_worker_niceness": "0",
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
 }
 
 

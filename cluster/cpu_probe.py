@@ -54,10 +54,11 @@ def part_of(cmdline: str, pid: int, own_pid: int, app: str | None = None) -> str
     return "other"
 
 
-def role_of(cmdline: list[str], app: str) -> str | None:
+def role_of(cmdline: list[str] | None, app: str) -> str | None:
     """The role a process with this command line plays (module docstring), or None: its
-    `part_of` with the numbered deployments together and vLLM's engine in `Reranker`."""
-    part = part_of(" ".join(cmdline), pid=-1, own_pid=0, app=app)
+    `part_of` with the numbered deployments together and vLLM's engine in `Reranker`.
+    psutil gives no command line (None) for a process it may not read."""
+    part = part_of(" ".join(cmdline or ()), pid=-1, own_pid=0, app=app)
     if part in _ROLE_OF_PART:
         return _ROLE_OF_PART[part]
     return re.sub(r"-\d+$", "", part)

@@ -112,6 +112,7 @@ def test_nothing_measured_is_said_plainly():
         (["ray::ServeController"], "ray"),
         (["python", "train.py"], None),
         ([], None),
+        (None, None),  # a process psutil may not read
     ],
 )
 def test_processes_are_given_their_role(cmdline, role):

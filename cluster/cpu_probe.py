@@ -26,7 +26,7 @@ __all__ = ["ServeCpuProbe", "part_of", "role_of"]
 _REPLICA = "ray::ServeReplica:"
 _PROXIES = ("ray::ProxyActor", "ray::HAProxyManager")
 _RAY_MARKERS = ("ray::", "/ray/", "raylet", "gcs_server", "ray-dashboard")
-_ROLE_OF_PART = {"llm engine": "Reranker", "load generator": "loadgen", "other": None}
+_ROLE_OF_PART = {"llm engine": "Reranker", "other": None}
 
 
 def part_of(cmdline: str, pid: int, own_pid: int, app: str | None = None) -> str:
